@@ -1,0 +1,34 @@
+"""python -m gateway: run the edge translator."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import EdgeSettings
+from services.common.grpc_server import configure_logging
+
+
+def main() -> None:
+    settings = EdgeSettings.from_env(os.environ)
+    configure_logging(settings.log_level)
+    logging.getLogger(__name__).info("edge listening on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        # Uvicorn parses X-Forwarded-For only from these; Envoy sits on loopback locally.
+        forwarded_allow_ips="127.0.0.1",
+    )
+
+
+if __name__ == "__main__":
+    main()

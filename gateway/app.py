@@ -1,0 +1,84 @@
+"""The edge application factory: routes, error handlers and a lifespan that
+opens the gRPC channels and the catalog cache (no module-level state)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.auth import Authenticator
+from gateway.context import EdgeContext
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.middleware import EdgeMiddleware
+from gateway.responses import json_response
+from gateway.routes.chat import create_chat_completion
+from gateway.routes.completions import create_completion
+from gateway.routes.embeddings import create_embeddings
+from gateway.routes.models import get_model, list_models
+from gateway.settings import EdgeSettings
+from interlock.ratelimit.v1 import ratelimit_pb2_grpc
+from interlock.router.v1 import router_pb2_grpc
+from services.common.catalog_cache import CatalogCache
+from services.common.clock import Clock, SystemClock
+
+CATALOG_WAIT_SECONDS = 30.0
+# Keep channels warm between bursts; the services are long-lived neighbours.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+async def health(request: Request) -> Response:
+    edge: EdgeContext = request.app.state.edge
+    return json_response({"status": "ok", "catalog_version": edge.cache.version})
+
+
+def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        channels = [
+            grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            for addr in (settings.catalog_addr, settings.router_addr, settings.ratelimit_addr)
+        ]
+        catalog_channel, router_channel, ratelimit_channel = channels
+        cache = CatalogCache(catalog_channel, watch_keys=True)
+        try:
+            await cache.start(CATALOG_WAIT_SECONDS)
+            app.state.edge = EdgeContext(
+                settings=settings,
+                cache=cache,
+                auth=Authenticator(cache, settings.key_pepper, clock),
+                router=router_pb2_grpc.RouterServiceStub(router_channel),
+                ratelimit=ratelimit_pb2_grpc.RateLimitServiceStub(ratelimit_channel),
+            )
+            yield
+        finally:
+            await cache.close()
+            for channel in channels:
+                await channel.close()
+
+    routes = [
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/completions", create_completion, methods=["POST"]),
+        Route("/v1/embeddings", create_embeddings, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(EdgeMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

@@ -1,0 +1,47 @@
+"""POST /v1/chat/completions"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.body import read_json_object
+from gateway.context import EdgeContext
+from gateway.responses import json_response
+from gateway.sse import first_message, relay
+from interlock.router.v1 import router_pb2 as pb
+from services.common.wire.chat import chat_response_to_json, chunk_to_json, parse_chat_request
+from services.common.wire.common import parse_metadata
+
+ENDPOINT = "/v1/chat/completions"
+
+
+async def create_chat_completion(request: Request) -> Response:
+    edge: EdgeContext = request.app.state.edge
+    admitted = await edge.admit(request, ENDPOINT)
+    body = await read_json_object(request, edge.settings.max_body_bytes)
+    chat, stream = parse_chat_request(body)
+    admitted.caller.metadata_json = parse_metadata(body)
+    edge.check_model_access(admitted.key, chat.model)
+    chat.caller.CopyFrom(admitted.caller)
+    if not stream:
+        response = await edge.router.Chat(chat, timeout=edge.settings.request_timeout_seconds)
+        return json_response(chat_response_to_json(response))
+
+    include_usage = chat.stream_options.include_usage
+    call = edge.router.ChatStream(chat)
+    first = await first_message(call)
+
+    def render(chunk: pb.ChatChunk) -> dict[str, Any] | None:
+        is_usage = chunk.HasField("usage") and not chunk.choices
+        if is_usage and not include_usage:
+            return None  # the router always gets usage; the client only when it asked
+        payload = chunk_to_json(chunk)
+        if include_usage:
+            # As OpenAI does: usage is null on every chunk but the last.
+            payload.setdefault("usage", None)
+        return payload
+
+    return relay(call, first, render, admitted.caller.request_id)

@@ -1,0 +1,44 @@
+"""Edge settings, read once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.env import get_bool, get_float, get_int, get_str
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    host: str
+    port: int
+    catalog_addr: str
+    router_addr: str
+    ratelimit_addr: str
+    # Server-side secret keying API key hashes; must equal the catalog's.
+    key_pepper: bytes
+    # Largest request body accepted, in bytes; larger ones get 413.
+    max_body_bytes: int
+    # When the ratelimit service cannot be reached: admit (true) or refuse with 503 (false).
+    ratelimit_fail_open: bool
+    # Per-call deadline for unary router calls, in seconds.
+    request_timeout_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EdgeSettings:
+        pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
+        if not pepper:
+            raise ValueError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+        return cls(
+            host=get_str(env, "INTERLOCK_EDGE_HOST", "127.0.0.1"),
+            port=get_int(env, "INTERLOCK_EDGE_PORT", 8080),
+            catalog_addr=get_str(env, "INTERLOCK_CATALOG_ADDR", "127.0.0.1:50051"),
+            router_addr=get_str(env, "INTERLOCK_ROUTER_ADDR", "127.0.0.1:50052"),
+            ratelimit_addr=get_str(env, "INTERLOCK_RATELIMIT_ADDR", "127.0.0.1:50053"),
+            key_pepper=pepper.encode(),
+            max_body_bytes=get_int(env, "INTERLOCK_MAX_BODY_BYTES", 10 * 1024 * 1024),
+            ratelimit_fail_open=get_bool(env, "INTERLOCK_RATELIMIT_FAIL_OPEN", True),
+            request_timeout_seconds=get_float(env, "INTERLOCK_REQUEST_TIMEOUT_SECONDS", 600.0),
+            log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
+        )

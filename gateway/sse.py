@@ -1,0 +1,60 @@
+"""Relaying a router stream to the client as Server-Sent Events, unbuffered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import orjson
+from starlette.responses import StreamingResponse
+
+from gateway.errors import error_body
+from services.common.errors import InterlockError, from_rpc_error
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def first_message(call: Any) -> Any:
+    """Read the first message of a stream so errors before it become HTTP errors."""
+    message = await call.read()
+    if message is grpc.aio.EOF:
+        raise InterlockError("The provider sent an empty stream.", code="upstream_empty_stream", http_status=502)
+    return message
+
+
+def relay(
+    call: Any,
+    first: M,
+    render: Callable[[M], dict[str, Any] | None],
+    request_id: str,
+) -> StreamingResponse:
+    """Stream first and every later message of call, rendered; errors after the
+    first byte end the stream with an error event in the public shape."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            message: Any = first
+            while message is not grpc.aio.EOF:
+                payload = render(message)
+                if payload is not None:
+                    yield event(payload)
+                message = await call.read()
+            yield DONE
+        except grpc.aio.AioRpcError as exc:
+            error: InterlockError = from_rpc_error(exc)
+            log.warning("stream %s failed after its first byte: %s", request_id, error.message)
+            yield event(error_body(error, request_id))
+        finally:
+            # The client left (or we are done): stop the router and, through it, the provider.
+            call.cancel()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

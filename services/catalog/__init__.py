@@ -1,0 +1,1 @@
+"""The catalog service: providers, models, routing profiles and API keys."""

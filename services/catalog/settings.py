@@ -1,0 +1,44 @@
+"""Catalog settings, read once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.env import get_float, get_str
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_catalog.yaml")
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    listen: str
+    config_path: Path
+    # SQLite file holding projects and keys.
+    database: Path
+    # Server-side secret that keys the hash of every API key.
+    key_pepper: bytes
+    # When set, this secret is (re)registered as the key with id "bootstrap".
+    bootstrap_key: str
+    # The environment, for telling which provider key variables are set.
+    provider_env: Mapping[str, str]
+    grace_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CatalogSettings:
+        data_dir = Path(get_str(env, "INTERLOCK_DATA_DIR", ".interlock"))
+        pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
+        if not pepper:
+            raise ValueError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+        return cls(
+            listen=get_str(env, "INTERLOCK_CATALOG_LISTEN", "127.0.0.1:50051"),
+            config_path=Path(get_str(env, "INTERLOCK_CATALOG_CONFIG", str(DEFAULT_CONFIG))),
+            database=Path(get_str(env, "INTERLOCK_CATALOG_DB", str(data_dir / "catalog.db"))),
+            key_pepper=pepper.encode(),
+            bootstrap_key=get_str(env, "INTERLOCK_BOOTSTRAP_KEY", ""),
+            provider_env=dict(env),
+            grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
+            log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
+        )

@@ -1,0 +1,1 @@
+"""The ratelimit service: request quotas per key (the full design comes later)."""

@@ -1,0 +1,62 @@
+"""Composition root of the router service."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+
+from interlock.catalog.v1 import catalog_pb2 as cpb
+from interlock.router.v1 import router_pb2, router_pb2_grpc
+from services.common.catalog_cache import CatalogCache
+from services.common.clock import Clock, SystemClock
+from services.common.grpc_server import GrpcService, Registration, create_server
+from services.router.providers.base import ProviderAdapter
+from services.router.providers.demo import DemoProvider
+from services.router.providers.openai import OpenAIProvider
+from services.router.routing import Planner
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.usage_emitter import UsageEmitter
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+CATALOG_WAIT_SECONDS = 30.0
+
+
+async def build_server(
+    settings: RouterSettings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> GrpcService:
+    """Wire the router; transport lets tests hand httpx a different real transport."""
+    clock = clock or SystemClock()
+    catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
+    usage_channel = grpc.aio.insecure_channel(settings.usage_addr)
+    cache = CatalogCache(catalog_channel, watch_keys=False)
+    await cache.start(CATALOG_WAIT_SECONDS)
+    # One pooled client for every upstream: connections are reused across requests.
+    http = httpx.AsyncClient(
+        transport=transport,
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
+        timeout=httpx.Timeout(60.0, connect=5.0),
+    )
+    adapters: dict[int, ProviderAdapter] = {
+        cpb.PROVIDER_KIND_DEMO: DemoProvider(settings.demo_token_delay_ms / 1000),
+        cpb.PROVIDER_KIND_OPENAI: OpenAIProvider(http, settings.provider_env),
+    }
+    emitter = UsageEmitter(usage_channel, settings.usage_batch_size, settings.usage_flush_seconds)
+    emitter.start()
+    servicer = RouterServicer(Planner(cache), adapters, emitter, clock)
+    service = create_server(
+        settings.listen, [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)]
+    )
+
+    async def close() -> None:
+        await emitter.close(timeout=settings.grace_seconds)
+        await cache.close()
+        await http.aclose()
+        await catalog_channel.close()
+        await usage_channel.close()
+
+    service.cleanups.append(close)
+    return service

@@ -1,0 +1,1 @@
+"""The usage service: the durable ledger of every request."""

@@ -1,0 +1,92 @@
+"""Shared fixtures: one real stack (every service + the edge, as separate
+processes) per test session, with a fake OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.stack import Stack, free_port, start_stack, stop_stack
+
+UPSTREAM_KEY = "sk-upstream-test-key"
+DEMO_TOKEN_DELAY_MS = 25
+MAX_BODY_BYTES = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(required_api_key=UPSTREAM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The session's fake upstream, reset to defaults around each test."""
+    fake_upstream.reset()
+    fake_upstream.required_api_key = UPSTREAM_KEY
+    yield fake_upstream
+    fake_upstream.reset()
+    fake_upstream.required_api_key = UPSTREAM_KEY
+
+
+def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    demo = {"provider": "demo"}
+    return {
+        "providers": {
+            "demo": {"kind": "demo"},
+            "fake": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_seconds": 10},
+            "dead": {"kind": "openai", "base_url": dead, "timeout_seconds": 2},
+            "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "INTERLOCK_TEST_NEVER_SET"},
+        },
+        "models": [
+            {"id": "demo-chat", "type": "chat", "context_window": 8192, "capabilities": ["chat"],
+             "pricing": {"input": 0.1, "output": 0.4}, "deployments": [{**demo, "model": "demo-chat"}]},
+            {"id": "demo-instruct", "type": "completion", "pricing": {"input": 0.05, "output": 0.1},
+             "deployments": [{**demo, "model": "demo-instruct"}]},
+            {"id": "demo-embed", "type": "embedding", "dims": 256, "pricing": {"input": 0.02},
+             "deployments": [{**demo, "model": "demo-embed"}]},
+            {"id": "tiny-context", "type": "chat", "context_window": 40, "deployments": [{**demo, "model": "demo-chat"}]},
+            {"id": "fake-chat", "type": "chat", "pricing": {"input": 1.0, "output": 2.0},
+             "deployments": [{"provider": "fake", "model": "fake-model"}]},
+            {"id": "fake-instruct", "type": "completion", "deployments": [{"provider": "fake", "model": "fake-model"}]},
+            {"id": "fake-embed", "type": "embedding", "dims": 8, "deployments": [{"provider": "fake", "model": "fake-embed"}]},
+            {"id": "dead-chat", "type": "chat", "deployments": [{"provider": "dead", "model": "x"}]},
+            {"id": "nokey-chat", "type": "chat", "deployments": [{"provider": "nokey", "model": "x"}]},
+        ],
+        "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    config = root / "catalog.yaml"
+    config.write_text(yaml.safe_dump(catalog_for(fake_upstream)))
+    running = start_stack(
+        root / "data",
+        config=config,
+        env={
+            "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
+            "INTERLOCK_DEMO_TOKEN_DELAY_MS": str(DEMO_TOKEN_DELAY_MS),
+            "INTERLOCK_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        },
+    )
+    yield running
+    assert stop_stack(running) == 0, running.logs()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=30) as sdk:
+        yield sdk
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,111 @@
+"""Running the real stack (`interlock up`) for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
+
+STARTUP_SECONDS = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    api_key: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def layout(self) -> dict[str, object]:
+        return json.loads((self.data_dir / "stack.json").read_text())  # type: ignore[no-any-return]
+
+    def service_addr(self, name: str) -> str:
+        services = self.layout["services"]
+        assert isinstance(services, dict)
+        return str(services[name])
+
+    def pid(self, name: str) -> int:
+        pids = self.layout["pids"]
+        assert isinstance(pids, dict)
+        return int(pids[name])
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def count_events(self, **filters: str) -> int:
+        with grpc.insecure_channel(self.service_addr("usage")) as channel:
+            stub = usage_pb2_grpc.UsageServiceStub(channel)
+            return int(stub.CountEvents(usage_pb2.CountEventsRequest(**filters), timeout=5).count)
+
+    def wait_for_events(self, expected: int, timeout: float = 10.0, **filters: str) -> int:
+        """Events are batched off the request path: wait until the count settles at expected."""
+        deadline = time.monotonic() + timeout
+        count = self.count_events(**filters)
+        while count < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = self.count_events(**filters)
+        # Let a late extra event show itself, if there were one.
+        time.sleep(0.3)
+        return self.count_events(**filters)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_stack(
+    data_dir: Path, *, config: Path | None = None, env: dict[str, str] | None = None, api_key: str | None = None
+) -> Stack:
+    port = free_port()
+    api_key = api_key or "il-test-" + os.urandom(16).hex()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "stack.log"
+    args = [sys.executable, "-m", "services.cli.main", "up", "--port", str(port), "--data-dir", str(data_dir)]
+    if config is not None:
+        args += ["--config", str(config)]
+    child_env = {**os.environ, "INTERLOCK_API_KEY": api_key, "INTERLOCK_LOG_LEVEL": "warning", **(env or {})}
+    # Coverage of the child processes, when the suite runs under pytest-cov.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"interlock up exited with {process.returncode}:\n{log_path.read_text()}")
+        if (data_dir / "stack.json").exists():
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return Stack(url=url, api_key=api_key, data_dir=data_dir, process=process, log_path=log_path)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"stack did not start within {STARTUP_SECONDS}s:\n{log_path.read_text()}")
+
+
+def stop_stack(stack: Stack) -> int:
+    if stack.process.poll() is None:
+        stack.process.send_signal(signal.SIGTERM)
+    return stack.process.wait(30)
