@@ -6,13 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# buf (proto lint and breaking checks) from the npm package, pinned, in a tool dir of the venv.
+BUF_VERSION := 1.75.0
+BUF := $(VENV)/buf/node_modules/.bin/buf
+INSTALL_BUF = test "$$($(BUF) --version 2>/dev/null)" = $(BUF_VERSION) || npm install --no-save --no-audit --no-fund --loglevel=error --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
 
 .PHONY: up test pytest generate
+.PHONY: proto-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(INSTALL_BUF)
 	touch $(STAMP)
 
 up: $(STAMP)
@@ -23,3 +29,8 @@ test: $(STAMP)
 
 generate: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# Lint the protos and check them for breaking changes against HEAD and HEAD~1.
+proto-check: $(STAMP)
+	$(INSTALL_BUF)
+	bash protos/check.sh

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import EdgeSettings
+from services.common.errors import ConfigError
 from services.common.grpc_server import configure_logging
 
 
 def main() -> None:
-    settings = EdgeSettings.from_env(os.environ)
+    try:
+        settings = EdgeSettings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"edge: invalid settings: {exc}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings.log_level)
     logging.getLogger(__name__).info("edge listening on http://%s:%d", settings.host, settings.port)
     uvicorn.run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.env import get_bool, get_float, get_int, get_str
+from services.common.env import SettingsError, get_bool, get_float, get_int, get_str
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class EdgeSettings:
     def from_env(cls, env: Mapping[str, str]) -> EdgeSettings:
         pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
         if not pepper:
-            raise ValueError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+            raise SettingsError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
         return cls(
             host=get_str(env, "INTERLOCK_EDGE_HOST", "127.0.0.1"),
             port=get_int(env, "INTERLOCK_EDGE_PORT", 8080),

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from interlock.catalog.v1 import catalog_pb2 as pb
+from services.common.errors import ConfigError
 
 PROVIDER_KINDS = {
     "demo": pb.PROVIDER_KIND_DEMO,
@@ -30,7 +31,7 @@ MODEL_TYPES = {
 PROFILE_STRATEGIES = ("fast", "quality", "cheap")
 
 
-class CatalogConfigError(ValueError):
+class CatalogConfigError(ConfigError):
     """The catalog file is invalid; the message names file, path and problem."""
 
 

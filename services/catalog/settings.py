@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.env import get_float, get_str
+from services.common.env import SettingsError, get_float, get_str
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_catalog.yaml")
 
@@ -31,7 +31,7 @@ class CatalogSettings:
         data_dir = Path(get_str(env, "INTERLOCK_DATA_DIR", ".interlock"))
         pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
         if not pepper:
-            raise ValueError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+            raise SettingsError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
         return cls(
             listen=get_str(env, "INTERLOCK_CATALOG_LISTEN", "127.0.0.1:50051"),
             config_path=Path(get_str(env, "INTERLOCK_CATALOG_CONFIG", str(DEFAULT_CONFIG))),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from services.common.errors import ConfigError
 
-class SettingsError(ValueError):
+
+class SettingsError(ConfigError):
     """A setting is present but cannot be parsed."""
 
 

@@ -17,6 +17,10 @@ ERROR_DOMAIN = "interlock.dev"
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
+class ConfigError(ValueError):
+    """A setting or configuration file is invalid; the process refuses to start."""
+
+
 class InterlockError(Exception):
     """An error with a public meaning: HTTP status, type, code and param."""
 

@@ -71,6 +71,17 @@ class Stack:
         time.sleep(0.3)
         return self.count_events(**filters)
 
+    def events_per_request(self, request_ids: list[str], timeout: float = 10.0) -> dict[str, int]:
+        """Wait until every id has an event, let late duplicates show, then count each."""
+        deadline = time.monotonic() + timeout
+        missing = list(request_ids)
+        while missing and time.monotonic() < deadline:
+            missing = [rid for rid in missing if self.count_events(request_id=rid) == 0]
+            if missing:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        return {rid: self.count_events(request_id=rid) for rid in request_ids}
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 

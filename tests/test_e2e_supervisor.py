@@ -1,0 +1,77 @@
+"""`interlock up` supervises its processes: restart, give up cleanly, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.stack import Stack, start_stack, stop_stack
+
+pytestmark = pytest.mark.e2e
+HI = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return status not in ("Z", "X")
+
+
+def _wait(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Stack:
+    return start_stack(tmp_path / "data")
+
+
+def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stack) -> None:
+    stack = own_stack
+    first = dict(stack.layout["pids"])  # type: ignore[call-overload]
+    os.kill(first["router"], signal.SIGKILL)
+    assert _wait(lambda: stack.layout["pids"]["router"] != first["router"], 30), stack.logs()  # type: ignore[index]
+    assert httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=HI, timeout=30).status_code == 200
+    assert "router died" in stack.logs()
+
+    pids = list(stack.layout["pids"].values())  # type: ignore[union-attr]
+    assert stop_stack(stack) == 0
+    assert not any(_alive(pid) for pid in pids)
+    assert "stopped" in stack.logs()
+
+
+def test_a_service_that_keeps_dying_stops_the_whole_stack(own_stack: Stack) -> None:
+    stack = own_stack
+    for _ in range(4):
+        pid = stack.layout["pids"]["usage"]  # type: ignore[index]
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: stack.process.poll() is not None or stack.layout["pids"]["usage"] != pid, 30)  # type: ignore[index]  # noqa: B023
+        if stack.process.poll() is not None:
+            break
+    assert stack.process.wait(30) == 1
+    assert "stopping the whole stack" in stack.logs()
+    assert not any(_alive(pid) for pid in stack.layout["pids"].values())  # type: ignore[union-attr]
+
+
+def test_bad_catalog_refuses_to_start_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "catalog.yaml"
+    config.write_text("providers:\n  p: {kind: telepathy}\nmodels: []\n")
+    with pytest.raises(RuntimeError) as failed:
+        start_stack(tmp_path / "data", config=config)
+    message = str(failed.value)
+    assert "unknown provider kind 'telepathy'" in message and "providers.p.kind" in message
+    assert "failed to start" in message
