@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # buf (proto lint and breaking checks) from the npm package, pinned, in a tool dir of the venv.
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
-INSTALL_BUF = test "$$($(BUF) --version 2>/dev/null)" = $(BUF_VERSION) || npm install --no-save --no-audit --no-fund --loglevel=error --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+INSTALL_BUF = test "$$($(BUF) --version 2>/dev/null)" = $(BUF_VERSION) || npm install --no-save --no-audit --no-fund --loglevel=error --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION) >/dev/null
 
 .PHONY: up test pytest generate
 .PHONY: proto-check

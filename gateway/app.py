@@ -66,7 +66,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         finally:
             await cache.close()
             for channel in channels:
-                await channel.close()
+                await channel.close(grace=None)
 
     routes = [
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),

@@ -36,8 +36,8 @@ class EdgeContext:
         settings: EdgeSettings,
         cache: CatalogCache,
         auth: Authenticator,
-        router: router_pb2_grpc.RouterServiceStub,
-        ratelimit: ratelimit_pb2_grpc.RateLimitServiceStub,
+        router: router_pb2_grpc.RouterServiceAsyncStub,
+        ratelimit: ratelimit_pb2_grpc.RateLimitServiceAsyncStub,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -72,7 +72,9 @@ class EdgeContext:
             if self.settings.ratelimit_fail_open:
                 log.warning("ratelimit unavailable (%s); admitting (fail open)", exc.code().name)
                 return
-            raise UpstreamError("Rate limiting is unavailable; try again shortly.", code="ratelimit_unavailable", http_status=503) from exc
+            raise UpstreamError(
+                "Rate limiting is unavailable; try again shortly.", code="ratelimit_unavailable", http_status=503
+            ) from exc
         request.scope["state"]["ratelimit_headers"] = [
             (b"x-ratelimit-limit", str(decision.limit).encode()),
             (b"x-ratelimit-remaining", str(decision.remaining).encode()),

@@ -15,7 +15,6 @@ from services.common.errors import (
     InterlockError,
     InvalidRequestError,
     NotFoundError,
-    ServerError,
     from_rpc_error,
 )
 

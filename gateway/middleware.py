@@ -49,7 +49,9 @@ class EdgeMiddleware:
             log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise  # too late for a clean answer; the server closes the connection
-            body = orjson.dumps(error_body(ServerError("The server had an error while processing your request."), request_id))
+            body = orjson.dumps(
+                error_body(ServerError("The server had an error while processing your request."), request_id)
+            )
             await send_with_headers(
                 {
                     "type": "http.response.start",

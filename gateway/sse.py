@@ -11,7 +11,7 @@ import orjson
 from starlette.responses import StreamingResponse
 
 from gateway.errors import error_body
-from services.common.errors import InterlockError, from_rpc_error
+from services.common.errors import InterlockError, UpstreamError, from_rpc_error
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")
@@ -23,31 +23,35 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-async def first_message(call: Any) -> Any:
-    """Read the first message of a stream so errors before it become HTTP errors."""
-    message = await call.read()
-    if message is grpc.aio.EOF:
-        raise InterlockError("The provider sent an empty stream.", code="upstream_empty_stream", http_status=502)
-    return message
+async def open_stream(call: grpc.aio.UnaryStreamCall[Any, M]) -> tuple[M, AsyncIterator[M]]:
+    """Wait for the first message, so errors before it become plain HTTP errors."""
+    messages = aiter(call)
+    try:
+        first = await anext(messages)
+    except StopAsyncIteration:
+        raise UpstreamError("The provider sent an empty stream.", code="upstream_empty_stream") from None
+    return first, messages
 
 
 def relay(
-    call: Any,
+    call: grpc.aio.UnaryStreamCall[Any, M],
     first: M,
+    rest: AsyncIterator[M],
     render: Callable[[M], dict[str, Any] | None],
     request_id: str,
 ) -> StreamingResponse:
-    """Stream first and every later message of call, rendered; errors after the
-    first byte end the stream with an error event in the public shape."""
+    """Stream first and every later message, rendered; errors after the first
+    byte end the stream with an error event in the public shape."""
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            message: Any = first
-            while message is not grpc.aio.EOF:
+            payload = render(first)
+            if payload is not None:
+                yield event(payload)
+            async for message in rest:
                 payload = render(message)
                 if payload is not None:
                     yield event(payload)
-                message = await call.read()
             yield DONE
         except grpc.aio.AioRpcError as exc:
             error: InterlockError = from_rpc_error(exc)

@@ -37,27 +37,34 @@ def upstream(fake_upstream: FakeOpenAI) -> Iterator[FakeOpenAI]:
 def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     demo = {"provider": "demo"}
+    chat = {"type": "chat", "capabilities": ["chat"]}
     return {
         "providers": {
             "demo": {"kind": "demo"},
-            "fake": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_seconds": 10},
+            "fake": {
+                "kind": "openai",
+                "base_url": fake.base_url,
+                "api_key_env": "FAKE_UPSTREAM_KEY",
+                "timeout_seconds": 10,
+            },
             "dead": {"kind": "openai", "base_url": dead, "timeout_seconds": 2},
             "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "INTERLOCK_TEST_NEVER_SET"},
         },
         "models": [
-            {"id": "demo-chat", "type": "chat", "context_window": 8192, "capabilities": ["chat"],
-             "pricing": {"input": 0.1, "output": 0.4}, "deployments": [{**demo, "model": "demo-chat"}]},
+            {**chat, "id": "demo-chat", "context_window": 8192, "pricing": {"input": 0.1, "output": 0.4},
+             "deployments": [{**demo, "model": "demo-chat"}]},
             {"id": "demo-instruct", "type": "completion", "pricing": {"input": 0.05, "output": 0.1},
              "deployments": [{**demo, "model": "demo-instruct"}]},
             {"id": "demo-embed", "type": "embedding", "dims": 256, "pricing": {"input": 0.02},
              "deployments": [{**demo, "model": "demo-embed"}]},
-            {"id": "tiny-context", "type": "chat", "context_window": 40, "deployments": [{**demo, "model": "demo-chat"}]},
-            {"id": "fake-chat", "type": "chat", "pricing": {"input": 1.0, "output": 2.0},
+            {**chat, "id": "tiny-context", "context_window": 40, "deployments": [{**demo, "model": "demo-chat"}]},
+            {**chat, "id": "fake-chat", "pricing": {"input": 1.0, "output": 2.0},
              "deployments": [{"provider": "fake", "model": "fake-model"}]},
             {"id": "fake-instruct", "type": "completion", "deployments": [{"provider": "fake", "model": "fake-model"}]},
-            {"id": "fake-embed", "type": "embedding", "dims": 8, "deployments": [{"provider": "fake", "model": "fake-embed"}]},
-            {"id": "dead-chat", "type": "chat", "deployments": [{"provider": "dead", "model": "x"}]},
-            {"id": "nokey-chat", "type": "chat", "deployments": [{"provider": "nokey", "model": "x"}]},
+            {"id": "fake-embed", "type": "embedding", "dims": 8,
+             "deployments": [{"provider": "fake", "model": "fake-embed"}]},
+            {**chat, "id": "dead-chat", "deployments": [{"provider": "dead", "model": "x"}]},
+            {**chat, "id": "nokey-chat", "deployments": [{"provider": "nokey", "model": "x"}]},
         ],
         "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],
     }  # fmt: skip

@@ -9,7 +9,10 @@ from pathlib import Path
 
 def test_generated_code_is_up_to_date(repo_root: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(repo_root / "protos" / "generate.py"), "--check"], capture_output=True, text=True, check=False
+        [sys.executable, str(repo_root / "protos" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -22,6 +25,8 @@ def test_check_detects_a_stale_file(repo_root: Path, tmp_path: Path) -> None:
     shutil.copytree(repo_root / "protos", copy)
     target = copy / "interlock" / "usage" / "v1" / "usage_pb2.py"
     target.write_text(target.read_text() + "\n# edited by hand\n")
-    result = subprocess.run([sys.executable, str(copy / "generate.py"), "--check"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(copy / "generate.py"), "--check"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1
     assert "stale: interlock/usage/v1/usage_pb2.py" in result.stderr

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.e2e
 MSGS = [{"role": "user", "content": "hi"}]
 
 
-def assert_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response: httpx.Response, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
     validate("ErrorResponse", body)
@@ -32,12 +34,20 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None,
 
 
 def post(stack: Stack, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}{path}", headers={**stack.headers(), **kwargs.pop("headers", {})}, timeout=30, **kwargs)
+    return httpx.post(
+        f"{stack.base_url}{path}", headers={**stack.headers(), **kwargs.pop("headers", {})}, timeout=30, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
     ("content", "code"),
-    [(b"{not json", "invalid_json"), (b"", "invalid_json"), (b"[1, 2]", "ERR_INVALID_TYPE"), (b'"text"', "ERR_INVALID_TYPE"), (b"\xff\xfe", "invalid_json")],
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1, 2]", "ERR_INVALID_TYPE"),
+        (b'"text"', "ERR_INVALID_TYPE"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
 )
 def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None:
     body = assert_error(post(stack, "/chat/completions", content=content), 400, code)
@@ -53,9 +63,21 @@ def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None:
         ({"model": "demo-chat", "messages": "hi"}, "messages", "ERR_INVALID_TYPE"),
         ({"model": "demo-chat", "messages": []}, "messages", "ERR_INVALID_VALUE"),
         ({"model": "demo-chat", "messages": [{"content": "x"}]}, "messages[0].role", "ERR_MISSING_FIELD"),
-        ({"model": "demo-chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "ERR_INVALID_VALUE"),
-        ({"model": "demo-chat", "messages": [{"role": "user", "content": 3}]}, "messages[0].content", "ERR_INVALID_TYPE"),
-        ({"model": "demo-chat", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", "ERR_MISSING_FIELD"),
+        (
+            {"model": "demo-chat", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+            "ERR_INVALID_VALUE",
+        ),
+        (
+            {"model": "demo-chat", "messages": [{"role": "user", "content": 3}]},
+            "messages[0].content",
+            "ERR_INVALID_TYPE",
+        ),
+        (
+            {"model": "demo-chat", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+            "ERR_MISSING_FIELD",
+        ),
         ({"model": "demo-chat", "messages": MSGS, "temperature": 2.5}, "temperature", "ERR_INVALID_VALUE"),
         ({"model": "demo-chat", "messages": MSGS, "temperature": -0.1}, "temperature", "ERR_INVALID_VALUE"),
         ({"model": "demo-chat", "messages": MSGS, "temperature": "hot"}, "temperature", "ERR_INVALID_TYPE"),
@@ -65,23 +87,35 @@ def test_malformed_bodies(stack: Stack, content: bytes, code: str) -> None:
         ({"model": "demo-chat", "messages": MSGS, "n": 0}, "n", "ERR_INVALID_VALUE"),
         ({"model": "demo-chat", "messages": MSGS, "stream": "yes"}, "stream", "ERR_INVALID_TYPE"),
         ({"model": "demo-chat", "messages": MSGS, "stop": [1]}, "stop", "ERR_INVALID_VALUE"),
-        ({"model": "demo-chat", "messages": MSGS, "tools": [{"type": "function"}]}, "tools[0].function", "ERR_MISSING_FIELD"),
+        (
+            {"model": "demo-chat", "messages": MSGS, "tools": [{"type": "function"}]},
+            "tools[0].function",
+            "ERR_MISSING_FIELD",
+        ),
         ({"model": "demo-chat", "messages": MSGS, "tool_choice": "maybe"}, "tool_choice", "ERR_INVALID_VALUE"),
-        ({"model": "demo-chat", "messages": MSGS, "route": {"latency_budget_ms": -1}}, "route.latency_budget_ms", "ERR_INVALID_VALUE"),
+        (
+            {"model": "demo-chat", "messages": MSGS, "route": {"latency_budget_ms": -1}},
+            "route.latency_budget_ms",
+            "ERR_INVALID_VALUE",
+        ),
         ({"model": "demo-chat", "messages": MSGS, "route": {"fallback": "gpt"}}, "route.fallback", "ERR_INVALID_TYPE"),
         ({"model": "demo-chat", "messages": MSGS, "metadata": "trace"}, "metadata", "ERR_INVALID_TYPE"),
     ],
 )
 def test_invalid_chat_fields(stack: Stack, payload: dict[str, Any], param: str, code: str) -> None:
     body = assert_error(post(stack, "/chat/completions", json=payload), 400, code, param)
-    assert param.split("[")[0].split(".")[0] in body["error"]["message"]
+    assert param.split("[", maxsplit=1)[0].split(".", maxsplit=1)[0] in body["error"]["message"]
 
 
 def test_invalid_fields_on_other_endpoints(stack: Stack) -> None:
     assert_error(post(stack, "/completions", json={"model": "demo-instruct"}), 400, "ERR_MISSING_FIELD", "prompt")
-    assert_error(post(stack, "/completions", json={"model": "demo-instruct", "prompt": 7}), 400, "ERR_INVALID_TYPE", "prompt")
+    assert_error(
+        post(stack, "/completions", json={"model": "demo-instruct", "prompt": 7}), 400, "ERR_INVALID_TYPE", "prompt"
+    )
     assert_error(post(stack, "/embeddings", json={"model": "demo-embed"}), 400, "ERR_MISSING_FIELD", "input")
-    assert_error(post(stack, "/embeddings", json={"model": "demo-embed", "input": []}), 400, "ERR_INVALID_TYPE", "input")
+    assert_error(
+        post(stack, "/embeddings", json={"model": "demo-embed", "input": []}), 400, "ERR_INVALID_TYPE", "input"
+    )
     assert_error(
         post(stack, "/embeddings", json={"model": "demo-embed", "input": "x", "encoding_format": "hex"}),
         400, "ERR_INVALID_VALUE", "encoding_format",
@@ -90,12 +124,21 @@ def test_invalid_fields_on_other_endpoints(stack: Stack) -> None:
         post(stack, "/embeddings", json={"model": "demo-embed", "input": "x", "dimensions": 4096}),
         400, "ERR_INVALID_VALUE", "dimensions",
     )  # fmt: skip
-    assert_error(httpx.get(f"{stack.base_url}/models", params={"type": "banana"}, headers=stack.headers()), 400, param="type")
+    assert_error(
+        httpx.get(f"{stack.base_url}/models", params={"type": "banana"}, headers=stack.headers()), 400, param="type"
+    )
 
 
 def test_model_on_wrong_endpoint(stack: Stack) -> None:
-    assert_error(post(stack, "/chat/completions", json={"model": "demo-embed", "messages": MSGS}), 400, "model_not_supported", "model")
-    assert_error(post(stack, "/embeddings", json={"model": "demo-chat", "input": "x"}), 400, "model_not_supported", "model")
+    assert_error(
+        post(stack, "/chat/completions", json={"model": "demo-embed", "messages": MSGS}),
+        400,
+        "model_not_supported",
+        "model",
+    )
+    assert_error(
+        post(stack, "/embeddings", json={"model": "demo-chat", "input": "x"}), 400, "model_not_supported", "model"
+    )
 
 
 def test_unknown_model(stack: Stack) -> None:
@@ -117,10 +160,18 @@ def test_context_length_exceeded(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"}, {"x-api-key": "wrong"}, {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-key"},
+        {"Authorization": "Basic abc"},
+        {"x-api-key": "wrong"},
+        {"Authorization": "Bearer"},
+    ],
 )
 def test_missing_or_invalid_key(stack: Stack, headers: dict[str, str]) -> None:
-    response = httpx.post(f"{stack.base_url}/chat/completions", headers=headers, json={"model": "demo-chat", "messages": MSGS})
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=headers, json={"model": "demo-chat", "messages": MSGS}
+    )
     body = assert_error(response, 401, "invalid_api_key")
     assert body["error"]["type"] == "authentication_error"
     assert "wrong" not in response.text  # a presented key is never echoed back

@@ -30,7 +30,9 @@ def test_health_and_reflection(stack: Stack, name: str) -> None:
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        replies = list(
+            reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        )
         names = {s.name for s in replies[0].list_services_response.service}
         assert {EXPECTED[name], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
         described = list(reflection.ServerReflectionInfo(

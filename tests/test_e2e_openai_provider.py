@@ -40,14 +40,26 @@ def test_non_stream_passes_through(client: openai.OpenAI, upstream: FakeOpenAI, 
 
 
 def test_tool_call_round_trip(client: openai.OpenAI, upstream: FakeOpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string", "maxLength": 5}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string", "maxLength": 5}}},
+            },
+        }
+    ]
     reply = client.chat.completions.create(model="fake-chat", messages=HI, tools=tools, tool_choice="required")  # type: ignore[arg-type]
     call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "lookup"  # type: ignore[union-attr]
     assert upstream.requests[-1]["json"]["tools"] == tools  # integers stay integers
     follow = client.chat.completions.create(
         model="fake-chat",
-        messages=[*HI, reply.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "42"}],  # type: ignore[list-item]
+        messages=[
+            *HI,
+            reply.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "42"},
+        ],  # type: ignore[list-item]
     )
     assert follow.choices[0].message.content
     assert upstream.requests[-1]["json"]["messages"][2] == {"role": "tool", "tool_call_id": call.id, "content": "42"}
@@ -59,7 +71,9 @@ def test_stream_passes_through_and_always_asks_for_usage(client: openai.OpenAI, 
     assert all(c.usage is None for c in chunks)
     assert upstream.requests[-1]["json"]["stream_options"] == {"include_usage": True}
     with_usage = list(
-        client.chat.completions.create(model="fake-chat", messages=HI, stream=True, stream_options={"include_usage": True})
+        client.chat.completions.create(
+            model="fake-chat", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
     )
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens == 3
 
@@ -80,7 +94,9 @@ def test_upstream_errors_map_to_gateway_errors(
     stack: Stack, upstream: FakeOpenAI, status: int, expected_status: int, code: str
 ) -> None:
     upstream.fail_next(status, retry_after="2" if status == 429 else None)
-    response = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "fake-chat", "messages": HI})
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "fake-chat", "messages": HI}
+    )
     assert response.status_code == expected_status
     body = response.json()
     validate("ErrorResponse", body)
@@ -90,8 +106,13 @@ def test_upstream_errors_map_to_gateway_errors(
 
 
 def test_upstream_client_error_is_a_400(stack: Stack, upstream: FakeOpenAI) -> None:
-    upstream.fail_next(400, body={"error": {"message": "bad thing", "type": "invalid_request_error", "param": None, "code": "bad_thing"}})
-    response = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "fake-chat", "messages": HI})
+    upstream.fail_next(
+        400,
+        body={"error": {"message": "bad thing", "type": "invalid_request_error", "param": None, "code": "bad_thing"}},
+    )
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "fake-chat", "messages": HI}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_thing"
     assert "bad thing" in response.json()["error"]["message"]
@@ -100,7 +121,9 @@ def test_upstream_client_error_is_a_400(stack: Stack, upstream: FakeOpenAI) -> N
 def test_stream_error_before_first_byte_is_an_http_error(stack: Stack, upstream: FakeOpenAI) -> None:
     upstream.fail_next(502)
     response = httpx.post(
-        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "fake-chat", "messages": HI, "stream": True}
+        f"{stack.base_url}/chat/completions",
+        headers=stack.headers(),
+        json={"model": "fake-chat", "messages": HI, "stream": True},
     )
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
@@ -108,10 +131,14 @@ def test_stream_error_before_first_byte_is_an_http_error(stack: Stack, upstream:
 
 def test_unreachable_and_unconfigured_providers_are_503(stack: Stack) -> None:
     for model, code in (("dead-chat", "provider_unavailable"), ("nokey-chat", "provider_unavailable")):
-        response = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": model, "messages": HI})
+        response = httpx.post(
+            f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": model, "messages": HI}
+        )
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == code
-    unconfigured = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "nokey-chat", "messages": HI})
+    unconfigured = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "nokey-chat", "messages": HI}
+    )
     assert "INTERLOCK_TEST_NEVER_SET" in unconfigured.json()["error"]["message"]
     listed = {m["id"]: m for m in httpx.get(f"{stack.base_url}/models", headers=stack.headers()).json()["data"]}
     assert listed["nokey-chat"]["available"] is False and listed["fake-chat"]["available"] is True
@@ -120,10 +147,10 @@ def test_unreachable_and_unconfigured_providers_are_503(stack: Stack) -> None:
 def test_upstream_dying_mid_stream_ends_with_an_error_event(stack: Stack, upstream: FakeOpenAI) -> None:
     upstream.token_delay = 0.01
     upstream.die_mid_stream_after(3)
-    events = []
+    words = [{"role": "user", "content": "one two three four five six"}]
     with httpx.stream(
         "POST", f"{stack.base_url}/chat/completions", headers=stack.headers(),
-        json={"model": "fake-chat", "messages": [{"role": "user", "content": "one two three four five six"}], "stream": True},
+        json={"model": "fake-chat", "messages": words, "stream": True},
     ) as response:  # fmt: skip
         assert response.status_code == 200
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]

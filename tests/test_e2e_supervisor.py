@@ -45,7 +45,10 @@ def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stac
     first = dict(stack.layout["pids"])  # type: ignore[call-overload]
     os.kill(first["router"], signal.SIGKILL)
     assert _wait(lambda: stack.layout["pids"]["router"] != first["router"], 30), stack.logs()  # type: ignore[index]
-    assert httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=HI, timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=HI, timeout=30).status_code
+        == 200
+    )
     assert "router died" in stack.logs()
 
     pids = list(stack.layout["pids"].values())  # type: ignore[union-attr]

@@ -21,7 +21,9 @@ def _rid() -> str:
 
 
 def _post(stack: Stack, rid: str, path: str, payload: dict[str, object]) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}{path}", headers={**stack.headers(), "X-Request-Id": rid}, json=payload, timeout=30)
+    return httpx.post(
+        f"{stack.base_url}{path}", headers={**stack.headers(), "X-Request-Id": rid}, json=payload, timeout=30
+    )
 
 
 def test_one_event_per_request_that_reached_the_router(stack: Stack, upstream: FakeOpenAI) -> None:
@@ -45,10 +47,13 @@ def test_one_event_per_request_that_reached_the_router(stack: Stack, upstream: F
     reached.append(failed)
 
     refused = [_rid(), _rid()]  # stopped at the edge: never reached the router
-    assert httpx.post(f"{stack.base_url}/chat/completions", headers={"X-Request-Id": refused[0]}, json={}).status_code == 401
+    assert (
+        httpx.post(f"{stack.base_url}/chat/completions", headers={"X-Request-Id": refused[0]}, json={}).status_code
+        == 401
+    )
     assert _post(stack, refused[1], "/chat/completions", {"model": "demo-chat"}).status_code == 400
 
-    assert stack.events_per_request(reached) == {rid: 1 for rid in reached}
+    assert stack.events_per_request(reached) == dict.fromkeys(reached, 1)
     for rid in refused:
         assert stack.count_events(request_id=rid) == 0
 
@@ -80,4 +85,4 @@ def test_many_concurrent_requests_all_recorded(stack: Stack) -> None:
         return [r.status_code for r in replies]
 
     assert set(asyncio.run(fire())) == {200}
-    assert stack.events_per_request(ids) == {rid: 1 for rid in ids}
+    assert stack.events_per_request(ids) == dict.fromkeys(ids, 1)

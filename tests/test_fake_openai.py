@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import openai
+import orjson
 import pytest
 
 from tests.support.fake_openai import BAD_API_KEY, DEFAULT_FAILURE, FakeOpenAI

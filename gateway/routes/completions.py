@@ -10,7 +10,7 @@ from starlette.responses import Response
 from gateway.body import read_json_object
 from gateway.context import EdgeContext
 from gateway.responses import json_response
-from gateway.sse import first_message, relay
+from gateway.sse import open_stream, relay
 from interlock.router.v1 import router_pb2 as pb
 from services.common.wire.common import parse_metadata
 from services.common.wire.completions import completion_to_json, parse_completion_request
@@ -32,7 +32,7 @@ async def create_completion(request: Request) -> Response:
 
     include_usage = completion.stream_options.include_usage
     call = edge.router.CompleteStream(completion)
-    first = await first_message(call)
+    first, rest = await open_stream(call)
 
     def render(chunk: pb.CompleteResponse) -> dict[str, Any] | None:
         is_usage = chunk.HasField("usage") and not chunk.choices
@@ -43,4 +43,4 @@ async def create_completion(request: Request) -> Response:
             payload.setdefault("usage", None)
         return payload
 
-    return relay(call, first, render, admitted.caller.request_id)
+    return relay(call, first, rest, render, admitted.caller.request_id)

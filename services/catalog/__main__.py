@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.common.runner import run_service
 from services.catalog.server import build_server
 from services.catalog.settings import CatalogSettings
+from services.common.runner import run_service
 
 
 def main() -> None:

@@ -111,7 +111,9 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
         node = r.mapping(raw, path)
         kind = r.string(node, "kind", path)
         if kind not in PROVIDER_KINDS:
-            raise r.fail(f"{path}.kind", f"unknown provider kind {kind!r} (expected one of {', '.join(PROVIDER_KINDS)})")
+            raise r.fail(
+                f"{path}.kind", f"unknown provider kind {kind!r} (expected one of {', '.join(PROVIDER_KINDS)})"
+            )
         key_env = node.get("api_key_env", "")
         if not isinstance(key_env, str):
             raise r.fail(f"{path}.api_key_env", "must be a string")

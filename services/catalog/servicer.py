@@ -25,7 +25,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         models = [
             m
             for m in self._catalog.value.models
-            if (not request.provider or request.provider in {d.provider for d in m.deployments} or request.provider == m.provider)
+            if (
+                not request.provider
+                or request.provider in {d.provider for d in m.deployments}
+                or request.provider == m.provider
+            )
             and (not request.type or request.type == m.type)
         ]
         return pb.ListModelsResponse(models=models)

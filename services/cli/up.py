@@ -101,7 +101,12 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
     children = [
         Child("catalog", "services.catalog", catalog_env, addr["catalog"]),
         Child("usage", "services.usage", {**base, "INTERLOCK_USAGE_LISTEN": addr["usage"]}, addr["usage"]),
-        Child("ratelimit", "services.ratelimit", {**base, "INTERLOCK_RATELIMIT_LISTEN": addr["ratelimit"]}, addr["ratelimit"]),
+        Child(
+            "ratelimit",
+            "services.ratelimit",
+            {**base, "INTERLOCK_RATELIMIT_LISTEN": addr["ratelimit"]},
+            addr["ratelimit"],
+        ),
         Child("router", "services.router", {**base, "INTERLOCK_ROUTER_LISTEN": addr["router"]}, addr["router"]),
         Child(
             "edge",
@@ -118,7 +123,7 @@ def _spawn(child: Child) -> None:
         [sys.executable, "-m", child.module],
         env=child.env,
         start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor runs no threads
     )
 
 
@@ -130,7 +135,8 @@ def _healthy(child: Child, options: UpOptions) -> bool:
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    wildcard = options.host in ("0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
+    host = "127.0.0.1" if wildcard else options.host
     try:
         with urllib.request.urlopen(f"http://{host}:{options.port}/healthz", timeout=1) as reply:
             return bool(reply.status == 200)
@@ -206,8 +212,10 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
     _write_stack_file(options, children)
     _say(f"ready at {url}")
     _say(f"API key: {api_key}")
-    _say(f"try: curl -s {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
-         """-H 'Content-Type: application/json' -d '{"model":"demo-chat","messages":[{"role":"user","content":"hi"}]}'""")
+    _say(
+        f"try: curl -s {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
+        """-H 'Content-Type: application/json' -d '{"model":"demo-chat","messages":[{"role":"user","content":"hi"}]}'"""
+    )
     _say("press Ctrl-C to stop")
     try:
         while not stopping:

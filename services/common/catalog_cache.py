@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import TypeVar
 
 import grpc
@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 class CatalogCache:
     def __init__(self, channel: grpc.aio.Channel, *, watch_keys: bool) -> None:
-        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._stub: catalog_pb2_grpc.CatalogServiceAsyncStub = catalog_pb2_grpc.CatalogServiceStub(channel)
         self._watch_keys = watch_keys
         self.version = 0
         self.models: dict[str, pb.Model] = {}
@@ -29,25 +29,25 @@ class CatalogCache:
         self._keys_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, timeout: float) -> None:
+    async def start(self, wait_seconds: float) -> None:
         """Start watching and wait for the first snapshots."""
         self._tasks.append(asyncio.create_task(self._follow("catalog", self._catalog_stream, self._apply_catalog)))
         waits = [self._catalog_ready.wait()]
         if self._watch_keys:
             self._tasks.append(asyncio.create_task(self._follow("keys", self._keys_stream, self._apply_keys)))
             waits.append(self._keys_ready.wait())
-        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        await asyncio.wait_for(asyncio.gather(*waits), wait_seconds)
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _catalog_stream(self) -> AsyncIterator[pb.WatchCatalogResponse]:
-        return self._stub.WatchCatalog(pb.WatchCatalogRequest(), wait_for_ready=True)  # type: ignore[no-any-return]
+    def _catalog_stream(self) -> AsyncIterable[pb.WatchCatalogResponse]:
+        return self._stub.WatchCatalog(pb.WatchCatalogRequest(), wait_for_ready=True)
 
-    def _keys_stream(self) -> AsyncIterator[pb.WatchKeysResponse]:
-        return self._stub.WatchKeys(pb.WatchKeysRequest(), wait_for_ready=True)  # type: ignore[no-any-return]
+    def _keys_stream(self) -> AsyncIterable[pb.WatchKeysResponse]:
+        return self._stub.WatchKeys(pb.WatchKeysRequest(), wait_for_ready=True)
 
     def _apply_catalog(self, snapshot: pb.WatchCatalogResponse) -> None:
         # Build new dicts and swap references: readers never see a half-applied snapshot.
@@ -67,7 +67,7 @@ class CatalogCache:
         self.keys_by_hash = current
         self._keys_ready.set()
 
-    async def _follow(self, what: str, open_stream: Callable[[], AsyncIterator[T]], apply: Callable[[T], None]) -> None:
+    async def _follow(self, what: str, open_stream: Callable[[], AsyncIterable[T]], apply: Callable[[T], None]) -> None:
         backoff = 0.05
         while True:
             try:

@@ -7,7 +7,8 @@ error shape. Nothing else sets status codes by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -160,9 +161,11 @@ class _Status(grpc.Status):
 
 def from_rpc_error(exc: grpc.RpcError) -> InterlockError:
     """Rebuild the domain error a peer raised, or a fallback for transport errors."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    message: str = exc.details() or code.name.lower()  # type: ignore[attr-defined]
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+    call = cast(grpc.Call, exc)
+    code = call.code()
+    message: str = call.details() or code.name.lower()
+    trailing = cast(Iterable[tuple[str, str | bytes]], call.trailing_metadata() or ())
+    for key, value in trailing:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
             continue
         status = status_pb2.Status.FromString(value)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # the async servicer health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import InterlockError, ServerError, to_status
@@ -64,22 +65,22 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns domain errors raised by servicers into statuses with ErrorInfo."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return None  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[attr-defined,no-any-return]
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[no-any-return]
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[attr-defined,no-any-return]
-        return handler
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[no-any-return]
+        return handler  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -88,7 +89,7 @@ class GrpcService:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     names: Sequence[str]
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -116,7 +117,7 @@ def create_server(address: str, registrations: Sequence[Registration]) -> GrpcSe
     )
     for registration in registrations:
         registration.add(registration.servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [r.name for r in registrations]
     reflection.enable_server_reflection(

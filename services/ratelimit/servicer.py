@@ -22,9 +22,7 @@ class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
 
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CheckResponse:
         limit = request.requests_per_minute or self._default_rpm
-        result = await self._backend.hit(
-            f"key:{request.key_id}:requests", limit, WINDOW_SECONDS, request.cost or 1
-        )
+        result = await self._backend.hit(f"key:{request.key_id}:requests", limit, WINDOW_SECONDS, request.cost or 1)
         retry_after = 0 if result.allowed else max(1, result.reset_at - int(self._clock.now()))
         return pb.CheckResponse(
             allowed=result.allowed,

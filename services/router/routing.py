@@ -79,5 +79,6 @@ class Planner:
 
 def cost_usd(model: cpb.Model, usage: pb.Usage) -> float:
     return (
-        usage.prompt_tokens * model.pricing.input_per_million + usage.completion_tokens * model.pricing.output_per_million
+        usage.prompt_tokens * model.pricing.input_per_million
+        + usage.completion_tokens * model.pricing.output_per_million
     ) / 1_000_000

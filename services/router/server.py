@@ -52,11 +52,11 @@ async def build_server(
     )
 
     async def close() -> None:
-        await emitter.close(timeout=settings.grace_seconds)
+        await emitter.close(wait_seconds=settings.grace_seconds)
         await cache.close()
         await http.aclose()
-        await catalog_channel.close()
-        await usage_channel.close()
+        await catalog_channel.close(grace=None)
+        await usage_channel.close(grace=None)
 
     service.cleanups.append(close)
     return service

@@ -152,9 +152,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             first, stream, target, decision = await self._open_stream(plan, rec, lambda a, t: a.chat_stream(request, t))
             streamed: list[str] = []
             usage_seen = False
+            first.routing_decision.CopyFrom(decision)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 chunk: pb.ChatChunk | None = first
-                chunk.routing_decision.CopyFrom(decision)
                 while chunk is not None:
                     chunk.model = chunk.model or target.model.id
                     for choice in chunk.choices:
@@ -212,9 +212,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             streamed: list[str] = []
             usage_seen = False
+            first.routing_decision.CopyFrom(decision)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 chunk: pb.CompleteResponse | None = first
-                chunk.routing_decision.CopyFrom(decision)
                 while chunk is not None:
                     chunk.model = chunk.model or target.model.id
                     for choice in chunk.choices:
@@ -228,7 +228,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     yield chunk
                     chunk = await anext(stream, None)
             if not usage_seen:
-                last = pb.CompleteResponse(id=first.id, created=first.created, model=first.model, routing_decision=decision)
+                last = pb.CompleteResponse(
+                    id=first.id, created=first.created, model=first.model, routing_decision=decision
+                )
                 completion = tokens.count_text("".join(streamed))
                 last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
                 self._settle(last.usage, target.model, rec)

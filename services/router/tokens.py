@@ -7,6 +7,7 @@ streamed pieces and counted tokens always agree.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from interlock.router.v1 import router_pb2 as pb
 from services.common.wire.chat import message_text
@@ -26,9 +27,9 @@ def count_text(text: str) -> int:
     return len(_PIECE.findall(text))
 
 
-def count_messages(messages: list[pb.Message] | object) -> int:
+def count_messages(messages: Iterable[pb.Message]) -> int:
     total = REPLY_PRIMING
-    for message in messages:  # type: ignore[attr-defined]
+    for message in messages:
         total += MESSAGE_OVERHEAD + count_text(message_text(message))
         total += IMAGE_TOKENS * sum(1 for p in message.parts if p.WhichOneof("part") == "image_url")
         for call in message.tool_calls:

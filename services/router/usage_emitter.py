@@ -7,6 +7,7 @@ keeps events it could not deliver for the next try. Shutdown flushes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -42,10 +43,8 @@ class UsageEmitter:
     async def _run(self) -> None:
         backoff = self._flush_seconds
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
-            except TimeoutError:
-                pass
             self._wake.clear()
             if not await self._flush_once():
                 await asyncio.sleep(backoff)
@@ -66,13 +65,11 @@ class UsageEmitter:
                 self._pending.popleft()
         return True
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, wait_seconds: float) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await asyncio.wait_for(self._flush_once(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush_once(), wait_seconds)
         if self._pending:
             log.error("shutting down with %d usage events undelivered", len(self._pending))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import math
@@ -253,10 +254,9 @@ class FakeOpenAI:
         """Serve in the calling (main) thread until SIGINT/SIGTERM (uvicorn handles them)."""
         sock = self._bind()
         print(f"fake OpenAI serving on {self.base_url}", flush=True)
-        try:
+        # uvicorn re-raises the SIGINT after its graceful shutdown
+        with contextlib.suppress(KeyboardInterrupt):
             self._make_server(log_level).run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn re-raises the SIGINT after its graceful shutdown
-            pass
 
     # -- ASGI -------------------------------------------------------------------------
 

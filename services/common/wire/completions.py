@@ -85,7 +85,9 @@ def completion_to_json(response: pb.CompleteResponse, *, chunk: bool = False) ->
                 "text": c.text,
                 "index": c.index,
                 "logprobs": f.loads(c.logprobs_json) if c.logprobs_json else None,
-                "finish_reason": FINISH_TO_WIRE.get(c.finish_reason) if chunk else FINISH_TO_WIRE.get(c.finish_reason, "stop"),
+                "finish_reason": FINISH_TO_WIRE.get(c.finish_reason)
+                if chunk
+                else FINISH_TO_WIRE.get(c.finish_reason, "stop"),
             }
             for c in response.choices
         ],
@@ -112,7 +114,7 @@ def completion_from_json(body: dict[str, Any]) -> pb.CompleteResponse:
             pb.CompletionChoice(
                 index=int(choice.get("index", i)),
                 text=str(choice.get("text") or ""),
-                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP) if reason else 0,
+                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP) if reason else pb.FINISH_REASON_UNSPECIFIED,
                 logprobs_json=f.json_or_empty(choice.get("logprobs")),
             )
         )

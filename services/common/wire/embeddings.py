@@ -105,6 +105,8 @@ def embeddings_to_json(response: pb.EmbedResponse, encoding: str) -> dict[str, A
 def embeddings_from_json(body: dict[str, Any]) -> pb.EmbedResponse:
     response = pb.EmbedResponse(model=str(body.get("model") or ""))
     for i, item in enumerate(body.get("data") or ()):
-        response.embeddings.append(pb.Embedding(index=int(item.get("index", i)), values=decode_vector(item.get("embedding"))))
+        response.embeddings.append(
+            pb.Embedding(index=int(item.get("index", i)), values=decode_vector(item.get("embedding")))
+        )
     response.usage.CopyFrom(usage_from_json(body.get("usage")))
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -33,7 +34,7 @@ def is_int(value: object) -> bool:
 
 
 def is_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and value == value  # NaN check
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def req_str(body: dict[str, Any], key: str, param: str | None = None) -> str:

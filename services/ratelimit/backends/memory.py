@@ -24,7 +24,9 @@ class MemoryBackend:
         if allowed:
             used += cost
         self._windows[bucket] = (start, used)
-        return WindowResult(allowed=allowed, limit=limit, remaining=max(limit - used, 0), reset_at=start + window_seconds)
+        return WindowResult(
+            allowed=allowed, limit=limit, remaining=max(limit - used, 0), reset_at=start + window_seconds
+        )
 
     def _expire(self, current_start: int) -> None:
         # Drop windows that ended; keeps memory bounded with many keys.

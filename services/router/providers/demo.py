@@ -51,9 +51,9 @@ def _forced_tool(request: pb.ChatRequest) -> str | None:
     return None
 
 
-def _shape(text: str, sampling: pb.Sampling, default_limit: int) -> tuple[list[str], int]:
+def _shape(text: str, sampling: pb.Sampling, default_limit: int) -> tuple[list[str], pb.FinishReason.ValueType]:
     """Apply stop sequences and the token limit; returns pieces and finish reason."""
-    finish = pb.FINISH_REASON_STOP
+    finish: pb.FinishReason.ValueType = pb.FINISH_REASON_STOP
     cut = min((i for s in sampling.stop if s and (i := text.find(s)) >= 0), default=-1)
     if cut >= 0:
         text = text[:cut]
@@ -71,16 +71,22 @@ class DemoProvider:
 
     # ------------------------------------------------------------ chat
 
-    def _plan_chat(self, request: pb.ChatRequest, target: Target) -> tuple[list[str], int, pb.ToolCall | None]:
+    def _plan_chat(
+        self, request: pb.ChatRequest, target: Target
+    ) -> tuple[list[str], pb.FinishReason.ValueType, pb.ToolCall | None]:
         tool = _forced_tool(request)
         if tool:
             call = pb.ToolCall(
                 id="call_" + uuid.uuid4().hex[:24],
                 type="function",
-                function=pb.FunctionCall(name=tool, arguments=fields.dumps({"input": message_text(request.messages[-1])[:100]})),
+                function=pb.FunctionCall(
+                    name=tool, arguments=fields.dumps({"input": message_text(request.messages[-1])[:100]})
+                ),
             )
             return [], pb.FINISH_REASON_TOOL_CALLS, call
-        pieces, finish = _shape(_reply_for(list(request.messages)), request.sampling, int(target.model.max_output_tokens))
+        pieces, finish = _shape(
+            _reply_for(list(request.messages)), request.sampling, int(target.model.max_output_tokens)
+        )
         return pieces, finish, None
 
     async def chat(self, request: pb.ChatRequest, target: Target) -> pb.ChatResponse:
@@ -101,7 +107,9 @@ class DemoProvider:
                 completion += len(pieces)
             response.choices.append(pb.Choice(index=index, message=message, finish_reason=finish))
         prompt = tokens.count_messages(request.messages)
-        response.usage.CopyFrom(pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion))
+        response.usage.CopyFrom(
+            pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        )
         return response
 
     async def chat_stream(self, request: pb.ChatRequest, target: Target) -> AsyncIterator[pb.ChatChunk]:
@@ -132,12 +140,16 @@ class DemoProvider:
         yield chunk(*(pb.ChunkChoice(index=i, delta=pb.Message(), finish_reason=finish) for i in range(n)))
         prompt = tokens.count_messages(request.messages)
         last = chunk()
-        last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion))
+        last.usage.CopyFrom(
+            pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        )
         yield last
 
     # ------------------------------------------------------------ legacy completions
 
-    def _plan_completion(self, request: pb.CompleteRequest, target: Target, prompt: str) -> tuple[list[str], int]:
+    def _plan_completion(
+        self, request: pb.CompleteRequest, target: Target, prompt: str
+    ) -> tuple[list[str], pb.FinishReason.ValueType]:
         text = " and so the demo model continues your prompt, one token at a time, without a network."
         sampling = pb.Sampling()
         sampling.CopyFrom(request.sampling)
@@ -187,7 +199,9 @@ class DemoProvider:
                     last = step == len(pieces) - 1
                     for j in range(n):
                         out.choices.append(
-                            pb.CompletionChoice(index=p_index * n + j, text=pieces[step], finish_reason=finish if last else 0)
+                            pb.CompletionChoice(
+                                index=p_index * n + j, text=pieces[step], finish_reason=finish if last else pb.FINISH_REASON_UNSPECIFIED
+                            )
                         )
                     completion += n if not (request.echo and step == 0) else 0
             yield out

@@ -49,7 +49,9 @@ def upstream_error(status: int, body: bytes, provider: str, retry_after: str | N
     if status == 429:
         return UpstreamError(message, code="upstream_rate_limited", http_status=503, retry_after=retry)
     if status in (401, 403):
-        return UpstreamError(f"provider {provider} refused the gateway's credentials", code="provider_auth_failed", http_status=502)
+        return UpstreamError(
+            f"provider {provider} refused the gateway's credentials", code="provider_auth_failed", http_status=502
+        )
     return UpstreamError(message, code="upstream_error", http_status=502, retry_after=retry)
 
 
@@ -79,19 +81,27 @@ class OpenAIProvider:
                 timeout=target.provider.timeout_seconds or 60.0,
             )  # fmt: skip
         except httpx.TimeoutException as exc:
-            raise UpstreamError(f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504) from exc
+            raise UpstreamError(
+                f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504
+            ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"provider {target.provider.id} is unreachable", code="provider_unavailable", http_status=503
             ) from exc
         if response.status_code >= 400:
-            raise upstream_error(response.status_code, response.content, target.provider.id, response.headers.get("retry-after"))
+            raise upstream_error(
+                response.status_code, response.content, target.provider.id, response.headers.get("retry-after")
+            )
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response") from exc
+            raise UpstreamError(
+                f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response"
+            ) from exc
 
-    async def _stream(self, target: Target, path: str, body: dict[str, Any], parse: Callable[[Any], T]) -> AsyncIterator[T]:
+    async def _stream(
+        self, target: Target, path: str, body: dict[str, Any], parse: Callable[[Any], T]
+    ) -> AsyncIterator[T]:
         url = f"{target.provider.base_url}{path}"
         request = self._client.build_request(
             "POST", url, content=orjson.dumps(body),
@@ -101,7 +111,9 @@ class OpenAIProvider:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise UpstreamError(f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504) from exc
+            raise UpstreamError(
+                f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504
+            ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"provider {target.provider.id} is unreachable", code="provider_unavailable", http_status=503
@@ -109,7 +121,10 @@ class OpenAIProvider:
         try:
             if response.status_code >= 400:
                 raise upstream_error(
-                    response.status_code, await response.aread(), target.provider.id, response.headers.get("retry-after")
+                    response.status_code,
+                    await response.aread(),
+                    target.provider.id,
+                    response.headers.get("retry-after"),
                 )
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -130,7 +145,9 @@ class OpenAIProvider:
                 f"provider {target.provider.id} broke off the stream", code="upstream_stream_error", http_status=502
             ) from exc
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response") from exc
+            raise UpstreamError(
+                f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response"
+            ) from exc
         finally:
             # Closing the response tells the upstream we are gone (the client may have left).
             await response.aclose()

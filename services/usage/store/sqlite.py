@@ -44,6 +44,8 @@ _COLUMNS = (
     " error_code, attempts, metadata_json, stream"
 )
 
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT(request_id) DO NOTHING"  # noqa: S608
+
 
 class SqliteEventStore:
     def __init__(self, path: Path) -> None:
@@ -72,10 +74,7 @@ class SqliteEventStore:
         self._db.execute("BEGIN")
         try:
             before = self._db.total_changes
-            self._db.executemany(
-                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT(request_id) DO NOTHING",
-                rows,
-            )
+            self._db.executemany(_INSERT, rows)
             stored = self._db.total_changes - before
             self._db.execute("COMMIT")
         except BaseException:
@@ -91,7 +90,8 @@ class SqliteEventStore:
                 clauses.append(f"{column} = ?")
                 args.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        return int(self._db.execute(f"SELECT COUNT(*) FROM events{where}", args).fetchone()[0])
+        query = f"SELECT COUNT(*) FROM events{where}"  # noqa: S608 - fixed column names, bound values
+        return int(self._db.execute(query, args).fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
