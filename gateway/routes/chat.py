@@ -31,10 +31,11 @@ async def create_chat_completion(request: Request) -> Response:
         return json_response(chat_response_to_json(response))
 
     include_usage = chat.stream_options.include_usage
-    call = edge.router.ChatStream(chat)
+    call = edge.router.ChatStream(pb.ChatStreamRequest(request=chat))
     first, rest = await open_stream(call)
 
-    def render(chunk: pb.ChatChunk) -> dict[str, Any] | None:
+    def render(message: pb.ChatStreamResponse) -> dict[str, Any] | None:
+        chunk = message.chunk
         is_usage = chunk.HasField("usage") and not chunk.choices
         if is_usage and not include_usage:
             return None  # the router always gets usage; the client only when it asked

@@ -31,10 +31,11 @@ async def create_completion(request: Request) -> Response:
         return json_response(completion_to_json(response))
 
     include_usage = completion.stream_options.include_usage
-    call = edge.router.CompleteStream(completion)
+    call = edge.router.CompleteStream(pb.CompleteStreamRequest(request=completion))
     first, rest = await open_stream(call)
 
-    def render(chunk: pb.CompleteResponse) -> dict[str, Any] | None:
+    def render(message: pb.CompleteStreamResponse) -> dict[str, Any] | None:
+        chunk = message.chunk
         is_usage = chunk.HasField("usage") and not chunk.choices
         if is_usage and not include_usage:
             return None

@@ -108,6 +108,8 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
     providers: dict[str, pb.Provider] = {}
     for pid, raw in r.mapping(root.get("providers") or {}, "providers").items():
         path = f"providers.{pid}"
+        if not isinstance(pid, str) or not pid:
+            raise r.fail(path, "a provider id must be a non-empty string (quote it in YAML)")
         node = r.mapping(raw, path)
         kind = r.string(node, "kind", path)
         if kind not in PROVIDER_KINDS:
@@ -149,7 +151,7 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
         model = pb.Model(
             id=mid,
             type=MODEL_TYPES[mtype],
-            owned_by=str(node.get("owned_by", "")),
+            owned_by=str(node.get("owned_by") or ""),
             context_window=r.integer(node, "context_window", path, 8192),
             max_output_tokens=r.integer(node, "max_output_tokens", path, 4096),
             dims=r.integer(node, "dims", path, 0),
@@ -196,6 +198,10 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
         for c in candidates:
             if c not in models:
                 raise r.fail(f"{path}.candidates", f"unknown model {c!r}")
+            if models[c].type == pb.MODEL_TYPE_PROFILE:
+                raise r.fail(f"{path}.candidates", f"{c!r} is a profile; candidates must be models")
+        if len({models[c].type for c in candidates}) > 1:
+            raise r.fail(f"{path}.candidates", "candidates must all be of one type (chat, completion or embedding)")
         models[pid] = pb.Model(
             id=pid,
             type=pb.MODEL_TYPE_PROFILE,

@@ -108,18 +108,15 @@ class ServerError(InterlockError):
     pass
 
 
-_BY_TYPE: dict[str, type[InterlockError]] = {
-    cls.error_type: cls
-    for cls in (
-        ServerError,
-        InvalidRequestError,
-        AuthenticationError,
-        PermissionDeniedError,
-        NotFoundError,
-        RateLimitError,
-        UpstreamError,
-    )
-}
+def _all_subclasses(cls: type[InterlockError]) -> list[type[InterlockError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+# Every domain error by class name, so a peer rebuilds exactly the class that was raised.
+_BY_NAME: dict[str, type[InterlockError]] = {cls.__name__: cls for cls in _all_subclasses(InterlockError)}
 
 # Used when a status arrives without ErrorInfo (a transport failure, a peer
 # that is not ours): what the client is told in each case.
@@ -141,6 +138,7 @@ def to_status(error: InterlockError) -> grpc.Status:
         domain=ERROR_DOMAIN,
         metadata={
             "type": error.error_type,
+            "class": type(error).__name__,
             "http_status": str(error.http_status),
             **({"param": error.param} if error.param else {}),
             **({"retry_after": f"{error.retry_after:.3f}"} if error.retry_after is not None else {}),
@@ -172,7 +170,7 @@ def from_rpc_error(exc: grpc.RpcError) -> InterlockError:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-                cls = _BY_TYPE.get(info.metadata.get("type", ""), ServerError)
+                cls = _BY_NAME.get(info.metadata.get("class", ""), ServerError)
                 retry = info.metadata.get("retry_after")
                 return cls(
                     status.message,

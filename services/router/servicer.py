@@ -142,7 +142,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             self._emitter.emit(rec.finish(error))
 
-    async def ChatStream(self, request: pb.ChatRequest, context: Context) -> AsyncIterator[pb.ChatChunk]:
+    async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
+        request = wrapped.request
         rec = Recorder(self._clock, request.caller, request.model, "/v1/chat/completions", stream=True)
         error: BaseException | None = None
         try:
@@ -165,7 +166,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         usage_seen = True
                         self._settle(chunk.usage, target.model, rec)
                         chunk.routing_decision.CopyFrom(decision)
-                    yield chunk
+                    yield pb.ChatStreamResponse(chunk=chunk)
                     chunk = await anext(stream, None)
             if not usage_seen:
                 # The provider ignored include_usage: count what was streamed so the ledger stays whole.
@@ -173,7 +174,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 last = pb.ChatChunk(id=first.id, created=first.created, model=first.model, routing_decision=decision)
                 last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
                 self._settle(last.usage, target.model, rec)
-                yield last
+                yield pb.ChatStreamResponse(chunk=last)
         except BaseException as exc:
             error = exc
             raise
@@ -200,7 +201,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             self._emitter.emit(rec.finish(error))
 
-    async def CompleteStream(self, request: pb.CompleteRequest, context: Context) -> AsyncIterator[pb.CompleteResponse]:
+    async def CompleteStream(
+        self, wrapped: pb.CompleteStreamRequest, context: Context
+    ) -> AsyncIterator[pb.CompleteStreamResponse]:
+        request = wrapped.request
         rec = Recorder(self._clock, request.caller, request.model, "/v1/completions", stream=True)
         error: BaseException | None = None
         try:
@@ -225,7 +229,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         usage_seen = True
                         self._settle(chunk.usage, target.model, rec)
                         chunk.routing_decision.CopyFrom(decision)
-                    yield chunk
+                    yield pb.CompleteStreamResponse(chunk=chunk)
                     chunk = await anext(stream, None)
             if not usage_seen:
                 last = pb.CompleteResponse(
@@ -234,7 +238,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 completion = tokens.count_text("".join(streamed))
                 last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
                 self._settle(last.usage, target.model, rec)
-                yield last
+                yield pb.CompleteStreamResponse(chunk=last)
         except BaseException as exc:
             error = exc
             raise

@@ -51,7 +51,11 @@ def rich_body() -> dict[str, Any]:
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    }
                 ],
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
@@ -59,7 +63,12 @@ def rich_body() -> dict[str, Any]:
         "tools": [
             {
                 "type": "function",
-                "function": {"name": "get_weather", "description": "Weather by city", "parameters": WEATHER_SCHEMA, "strict": True},
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather by city",
+                    "parameters": WEATHER_SCHEMA,
+                    "strict": True,
+                },
             }
         ],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
@@ -142,9 +151,14 @@ def test_stop_string_becomes_one_entry_list() -> None:
 
 
 def test_minimal_request_adds_nothing() -> None:
-    request, stream = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    request, stream = parse_chat_request(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
     assert stream is True
-    assert chat_request_to_json(request, "u", stream=False) == {"model": "u", "messages": [{"role": "user", "content": "hi"}]}
+    assert chat_request_to_json(request, "u", stream=False) == {
+        "model": "u",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 def _msgs(*messages: dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,43 +173,118 @@ BAD_INPUTS = [
     pytest.param({"model": "m", "messages": {"role": "user"}}, "messages", INVALID_TYPE, id="messages-not-array"),
     pytest.param({"model": "m", "messages": []}, "messages", INVALID_VALUE, id="messages-empty"),
     pytest.param({"model": "m", "messages": [{"content": "x"}]}, "messages[0].role", MISSING, id="role-missing"),
-    pytest.param({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", INVALID_VALUE, id="role-unknown"),
-    pytest.param({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content", MISSING, id="user-content-missing"),
-    pytest.param({"model": "m", "messages": [USER], "temperature": True}, "temperature", INVALID_TYPE, id="temperature-bool"),
-    pytest.param({"model": "m", "messages": [USER], "temperature": "0.5"}, "temperature", INVALID_TYPE, id="temperature-string"),
-    pytest.param({"model": "m", "messages": [USER], "temperature": 2.5}, "temperature", INVALID_VALUE, id="temperature-range"),
-    pytest.param({"model": "m", "messages": [USER], "max_tokens": 0}, "max_tokens", INVALID_VALUE, id="max-tokens-zero"),
-    pytest.param({"model": "m", "messages": [USER], "max_tokens": 1.5}, "max_tokens", INVALID_TYPE, id="max-tokens-fraction"),
+    pytest.param(
+        {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
+        "messages[0].role",
+        INVALID_VALUE,
+        id="role-unknown",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [{"role": "user"}]}, "messages[0].content", MISSING, id="user-content-missing"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "temperature": True}, "temperature", INVALID_TYPE, id="temperature-bool"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "temperature": "0.5"}, "temperature", INVALID_TYPE, id="temperature-string"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "temperature": 2.5}, "temperature", INVALID_VALUE, id="temperature-range"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "max_tokens": 0}, "max_tokens", INVALID_VALUE, id="max-tokens-zero"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "max_tokens": 1.5}, "max_tokens", INVALID_TYPE, id="max-tokens-fraction"
+    ),
     pytest.param({"model": "m", "messages": [USER], "n": True}, "n", INVALID_TYPE, id="n-bool"),
-    pytest.param({"model": "m", "messages": [USER], "stop": ["a", "b", "c", "d", "e"]}, "stop", INVALID_VALUE, id="stop-5"),
+    pytest.param(
+        {"model": "m", "messages": [USER], "stop": ["a", "b", "c", "d", "e"]}, "stop", INVALID_VALUE, id="stop-5"
+    ),
     pytest.param({"model": "m", "messages": [USER], "stop": 3}, "stop", INVALID_TYPE, id="stop-number"),
     pytest.param({"model": "m", "messages": [USER], "logprobs": "yes"}, "logprobs", INVALID_TYPE, id="logprobs-string"),
-    pytest.param({"model": "m", "messages": [USER], "top_logprobs": 21}, "top_logprobs", INVALID_VALUE, id="top-logprobs-range"),
+    pytest.param(
+        {"model": "m", "messages": [USER], "top_logprobs": 21}, "top_logprobs", INVALID_VALUE, id="top-logprobs-range"
+    ),
     pytest.param({"model": "m", "messages": [USER], "stream": "true"}, "stream", INVALID_TYPE, id="stream-string"),
     pytest.param(
         {"model": "m", "messages": [USER], "stream_options": {"include_usage": 1}},
-        "stream_options.include_usage", INVALID_TYPE, id="include-usage-int",
+        "stream_options.include_usage",
+        INVALID_TYPE,
+        id="include-usage-int",
     ),
     pytest.param(
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {}}]}]},
-        "messages[0].content[1].image_url.url", MISSING, id="image-url-without-url",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {}}]}
+            ],
+        },
+        "messages[0].content[1].image_url.url",
+        MISSING,
+        id="image-url-without-url",
     ),
     pytest.param(
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u", "detail": "max"}}]}]},
-        "messages[0].content[0].image_url.detail", INVALID_VALUE, id="image-detail",
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u", "detail": "max"}}]}
+            ],
+        },
+        "messages[0].content[0].image_url.detail",
+        INVALID_VALUE,
+        id="image-detail",
     ),
-    pytest.param({"model": "m", "messages": [USER, {"role": "tool", "content": "18C"}]}, "messages[1].tool_call_id", MISSING, id="tool-without-id"),
     pytest.param(
-        {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}]},
-        "messages[0].tool_calls[0].function.arguments", INVALID_TYPE, id="tool-call-args-object",
+        {"model": "m", "messages": [USER, {"role": "tool", "content": "18C"}]},
+        "messages[1].tool_call_id",
+        MISSING,
+        id="tool-without-id",
     ),
-    pytest.param({"model": "m", "messages": [USER], "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name", MISSING, id="tool-no-name"),
-    pytest.param({"model": "m", "messages": [USER], "tools": [{"type": "retrieval"}]}, "tools[0].type", INVALID_VALUE, id="tool-type"),
-    pytest.param({"model": "m", "messages": [USER], "tool_choice": "always"}, "tool_choice", INVALID_VALUE, id="tool-choice-word"),
-    pytest.param({"model": "m", "messages": [USER], "tool_choice": 1}, "tool_choice", INVALID_TYPE, id="tool-choice-number"),
-    pytest.param({"model": "m", "messages": [USER], "response_format": {"json_schema": {}}}, "response_format.type", MISSING, id="response-format-type"),
-    pytest.param({"model": "m", "messages": [USER], "route": {"fallback": [1]}}, "route.fallback", INVALID_TYPE, id="route-fallback"),
-    pytest.param({"model": "m", "messages": [USER], "logit_bias": [1]}, "logit_bias", INVALID_TYPE, id="logit-bias-array"),
+    pytest.param(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}]}
+            ],
+        },
+        "messages[0].tool_calls[0].function.arguments",
+        INVALID_TYPE,
+        id="tool-call-args-object",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "tools": [{"type": "function", "function": {}}]},
+        "tools[0].function.name",
+        MISSING,
+        id="tool-no-name",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "tools": [{"type": "retrieval"}]},
+        "tools[0].type",
+        INVALID_VALUE,
+        id="tool-type",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "tool_choice": "always"}, "tool_choice", INVALID_VALUE, id="tool-choice-word"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "tool_choice": 1}, "tool_choice", INVALID_TYPE, id="tool-choice-number"
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "response_format": {"json_schema": {}}},
+        "response_format.type",
+        MISSING,
+        id="response-format-type",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "route": {"fallback": [1]}},
+        "route.fallback",
+        INVALID_TYPE,
+        id="route-fallback",
+    ),
+    pytest.param(
+        {"model": "m", "messages": [USER], "logit_bias": [1]}, "logit_bias", INVALID_TYPE, id="logit-bias-array"
+    ),
 ]
 
 
@@ -210,9 +299,9 @@ def test_bad_input_names_param_and_code(body: dict[str, Any], param: str, code: 
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"seed": 2**63}, "seed"),
-        ({"max_tokens": 2**63}, "max_tokens"),
-        ({"route": {"latency_budget_ms": 2**64 - 1}}, "route.latency_budget_ms"),
+        pytest.param({"seed": 2**63}, "seed", id="seed"),
+        pytest.param({"max_tokens": 2**63}, "max_tokens", id="max_tokens"),
+        pytest.param({"route": {"latency_budget_ms": 2**64 - 1}}, "route.latency_budget_ms", id="latency_budget_ms"),
     ],
 )
 def test_integer_beyond_int64_is_a_400_not_a_crash(extra: dict[str, Any], param: str) -> None:
@@ -238,13 +327,22 @@ UPSTREAM_RESPONSE: dict[str, Any] = {
                 "refusal": None,
                 "annotations": [],
                 "tool_calls": [
-                    {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                    {
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    },
                     {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": '{"tz":"CET"}'}},
                 ],
             },
             "logprobs": {
                 "content": [
-                    {"token": "Hi", "logprob": -0.0123, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.0123, "bytes": [72, 105]}]}
+                    {
+                        "token": "Hi",
+                        "logprob": -0.0123,
+                        "bytes": [72, 105],
+                        "top_logprobs": [{"token": "Hi", "logprob": -0.0123, "bytes": [72, 105]}],
+                    }
                 ],
                 "refusal": None,
             },
@@ -289,7 +387,9 @@ def test_tool_call_delta_chunk_round_trip_keeps_index() -> None:
         "system_fingerprint": "fp_x",
         "choices": [{
             "index": 0,
-            "delta": {"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+            "delta": {"tool_calls": [
+                {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": ""}},
+            ]},
             "logprobs": None,
             "finish_reason": None,
         }],
@@ -302,7 +402,8 @@ def test_tool_call_delta_chunk_round_trip_keeps_index() -> None:
 
 def test_finish_and_role_chunks_round_trip() -> None:
     role = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}  # fmt: skip
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}]}  # fmt: skip
     done = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
             "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}]}  # fmt: skip
     assert chunk_to_json(chunk_from_json(copy.deepcopy(role))) == role
@@ -326,7 +427,12 @@ def test_usage_chunk_round_trip() -> None:
 
 
 def test_chunk_without_usage_has_no_usage_key() -> None:
-    raw = {"id": "c", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+    raw = {
+        "id": "c",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+    }
     out = chunk_to_json(chunk_from_json(raw))
     assert "usage" not in out
     assert out["choices"][0]["delta"] == {"content": "Hi"}

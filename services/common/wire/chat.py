@@ -439,7 +439,9 @@ def chunk_from_json(body: dict[str, Any]) -> pb.ChatChunk:
             pb.ChunkChoice(
                 index=int(choice.get("index", i)),
                 delta=message,
-                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP) if reason else pb.FINISH_REASON_UNSPECIFIED,
+                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP)
+                if reason
+                else pb.FINISH_REASON_UNSPECIFIED,
                 logprobs_json=f.json_or_empty(choice.get("logprobs")),
             )
         )

@@ -114,7 +114,9 @@ def completion_from_json(body: dict[str, Any]) -> pb.CompleteResponse:
             pb.CompletionChoice(
                 index=int(choice.get("index", i)),
                 text=str(choice.get("text") or ""),
-                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP) if reason else pb.FINISH_REASON_UNSPECIFIED,
+                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP)
+                if reason
+                else pb.FINISH_REASON_UNSPECIFIED,
                 logprobs_json=f.json_or_empty(choice.get("logprobs")),
             )
         )

@@ -10,8 +10,14 @@ from interlock.router.v1 import router_pb2 as pb
 from services.common.wire import fields as f
 from services.common.wire.common import parse_route, routing_to_json, usage_from_json
 
+# Token ids are vocabulary indices; anything past int32 is not a token.
+MAX_TOKEN_ID = 2**31 - 1
 _KNOWN = {"model", "input", "encoding_format", "dimensions", "user", "route", "metadata"}
 MAX_INPUTS = 2048
+
+
+def _is_token(value: object) -> bool:
+    return f.is_int(value) and 0 <= value <= MAX_TOKEN_ID  # type: ignore[operator]
 
 
 def parse_embedding_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
@@ -27,9 +33,9 @@ def parse_embedding_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]
             raise f.bad_value("input", f"must have at most {MAX_INPUTS} entries")
         if all(isinstance(x, str) for x in raw):
             request.inputs.extend(raw)
-        elif all(f.is_int(x) for x in raw):
+        elif all(_is_token(x) for x in raw):
             request.token_inputs.append(pb.TokenList(tokens=raw))
-        elif all(isinstance(x, list) and x and all(f.is_int(t) for t in x) for x in raw):
+        elif all(isinstance(x, list) and x and all(_is_token(t) for t in x) for x in raw):
             request.token_inputs.extend(pb.TokenList(tokens=x) for x in raw)
         else:
             raise f.wrong_type("input", "a string, an array of strings, or token arrays")

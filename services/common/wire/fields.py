@@ -67,9 +67,14 @@ def opt_bool(body: dict[str, Any], key: str, param: str | None = None) -> bool |
     return value
 
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
 def opt_int(
-    body: dict[str, Any], key: str, *, lo: int | None = None, hi: int | None = None, param: str | None = None
+    body: dict[str, Any], key: str, *, lo: int = INT64_MIN, hi: int = INT64_MAX, param: str | None = None
 ) -> int | None:
+    """An integer within [lo, hi]; the default bounds are int64's, which every proto field holds."""
     value = body.get(key)
     param = param or key
     if value is None:

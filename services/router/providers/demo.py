@@ -200,7 +200,9 @@ class DemoProvider:
                     for j in range(n):
                         out.choices.append(
                             pb.CompletionChoice(
-                                index=p_index * n + j, text=pieces[step], finish_reason=finish if last else pb.FINISH_REASON_UNSPECIFIED
+                                index=p_index * n + j,
+                                text=pieces[step],
+                                finish_reason=finish if last else pb.FINISH_REASON_UNSPECIFIED,
                             )
                         )
                     completion += n if not (request.echo and step == 0) else 0

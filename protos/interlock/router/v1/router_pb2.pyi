@@ -828,6 +828,50 @@ class ChatChunk(_message.Message):
 Global___ChatChunk: _TypeAlias = ChatChunk  # noqa: Y015
 
 @_typing.final
+class ChatStreamRequest(_message.Message):
+    """Request for RouterService.ChatStream: the same request as Chat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___ChatRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___ChatRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatStreamRequest: _TypeAlias = ChatStreamRequest  # noqa: Y015
+
+@_typing.final
+class ChatStreamResponse(_message.Message):
+    """One message of the RouterService.ChatStream stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> Global___ChatChunk: ...
+    def __init__(
+        self,
+        *,
+        chunk: Global___ChatChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatStreamResponse: _TypeAlias = ChatStreamResponse  # noqa: Y015
+
+@_typing.final
 class CompleteRequest(_message.Message):
     """A legacy completion request."""
 
@@ -962,6 +1006,50 @@ class CompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
+
+@_typing.final
+class CompleteStreamRequest(_message.Message):
+    """Request for RouterService.CompleteStream: the same request as Complete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___CompleteRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___CompleteRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStreamRequest: _TypeAlias = CompleteStreamRequest  # noqa: Y015
+
+@_typing.final
+class CompleteStreamResponse(_message.Message):
+    """One message of the RouterService.CompleteStream stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> Global___CompleteResponse: ...
+    def __init__(
+        self,
+        *,
+        chunk: Global___CompleteResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteStreamResponse: _TypeAlias = CompleteStreamResponse  # noqa: Y015
 
 @_typing.final
 class EmbedRequest(_message.Message):

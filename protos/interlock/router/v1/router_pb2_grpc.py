@@ -47,8 +47,8 @@ class RouterServiceStub:
                 _registered_method=True)
         self.ChatStream = channel.unary_stream(
                 '/interlock.router.v1.RouterService/ChatStream',
-                request_serializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatRequest.SerializeToString,
-                response_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatChunk.FromString,
+                request_serializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamRequest.SerializeToString,
+                response_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamResponse.FromString,
                 _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/interlock.router.v1.RouterService/Complete',
@@ -57,8 +57,8 @@ class RouterServiceStub:
                 _registered_method=True)
         self.CompleteStream = channel.unary_stream(
                 '/interlock.router.v1.RouterService/CompleteStream',
-                request_serializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
-                response_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteResponse.FromString,
+                request_serializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamRequest.SerializeToString,
+                response_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamResponse.FromString,
                 _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/interlock.router.v1.RouterService/Embed',
@@ -121,8 +121,8 @@ def add_RouterServiceServicer_to_server(servicer, server):
             ),
             'ChatStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ChatStream,
-                    request_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatRequest.FromString,
-                    response_serializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatChunk.SerializeToString,
+                    request_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamRequest.FromString,
+                    response_serializer=interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamResponse.SerializeToString,
             ),
             'Complete': grpc.unary_unary_rpc_method_handler(
                     servicer.Complete,
@@ -131,8 +131,8 @@ def add_RouterServiceServicer_to_server(servicer, server):
             ),
             'CompleteStream': grpc.unary_stream_rpc_method_handler(
                     servicer.CompleteStream,
-                    request_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteRequest.FromString,
-                    response_serializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteResponse.SerializeToString,
+                    request_deserializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamRequest.FromString,
+                    response_serializer=interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamResponse.SerializeToString,
             ),
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
@@ -198,8 +198,8 @@ class RouterService:
             request,
             target,
             '/interlock.router.v1.RouterService/ChatStream',
-            interlock_dot_router_dot_v1_dot_router__pb2.ChatRequest.SerializeToString,
-            interlock_dot_router_dot_v1_dot_router__pb2.ChatChunk.FromString,
+            interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamRequest.SerializeToString,
+            interlock_dot_router_dot_v1_dot_router__pb2.ChatStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -252,8 +252,8 @@ class RouterService:
             request,
             target,
             '/interlock.router.v1.RouterService/CompleteStream',
-            interlock_dot_router_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
-            interlock_dot_router_dot_v1_dot_router__pb2.CompleteResponse.FromString,
+            interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamRequest.SerializeToString,
+            interlock_dot_router_dot_v1_dot_router__pb2.CompleteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

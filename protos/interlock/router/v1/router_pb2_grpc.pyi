@@ -41,11 +41,11 @@ class RouterServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RouterServiceAsyncStub: ...
     Chat: _grpc.UnaryUnaryMultiCallable[_router_pb2.ChatRequest, _router_pb2.ChatResponse]
     """A chat completion in one response."""
-    ChatStream: _grpc.UnaryStreamMultiCallable[_router_pb2.ChatRequest, _router_pb2.ChatChunk]
+    ChatStream: _grpc.UnaryStreamMultiCallable[_router_pb2.ChatStreamRequest, _router_pb2.ChatStreamResponse]
     """A chat completion as chunks, sent as soon as the provider produces them."""
     Complete: _grpc.UnaryUnaryMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteResponse]
     """A legacy prompt completion in one response."""
-    CompleteStream: _grpc.UnaryStreamMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteResponse]
+    CompleteStream: _grpc.UnaryStreamMultiCallable[_router_pb2.CompleteStreamRequest, _router_pb2.CompleteStreamResponse]
     """A legacy prompt completion as chunks."""
     Embed: _grpc.UnaryUnaryMultiCallable[_router_pb2.EmbedRequest, _router_pb2.EmbedResponse]
     """Embeddings for one or more inputs."""
@@ -63,11 +63,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Chat: _aio.UnaryUnaryMultiCallable[_router_pb2.ChatRequest, _router_pb2.ChatResponse]  # type: ignore[assignment]
     """A chat completion in one response."""
-    ChatStream: _aio.UnaryStreamMultiCallable[_router_pb2.ChatRequest, _router_pb2.ChatChunk]  # type: ignore[assignment]
+    ChatStream: _aio.UnaryStreamMultiCallable[_router_pb2.ChatStreamRequest, _router_pb2.ChatStreamResponse]  # type: ignore[assignment]
     """A chat completion as chunks, sent as soon as the provider produces them."""
     Complete: _aio.UnaryUnaryMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteResponse]  # type: ignore[assignment]
     """A legacy prompt completion in one response."""
-    CompleteStream: _aio.UnaryStreamMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteResponse]  # type: ignore[assignment]
+    CompleteStream: _aio.UnaryStreamMultiCallable[_router_pb2.CompleteStreamRequest, _router_pb2.CompleteStreamResponse]  # type: ignore[assignment]
     """A legacy prompt completion as chunks."""
     Embed: _aio.UnaryUnaryMultiCallable[_router_pb2.EmbedRequest, _router_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embeddings for one or more inputs."""
@@ -92,9 +92,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ChatStream(
         self,
-        request: _router_pb2.ChatRequest,
+        request: _router_pb2.ChatStreamRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_router_pb2.ChatChunk], _abc.AsyncIterator[_router_pb2.ChatChunk]]:
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.ChatStreamResponse], _abc.AsyncIterator[_router_pb2.ChatStreamResponse]]:
         """A chat completion as chunks, sent as soon as the provider produces them."""
 
     @_abc_1.abstractmethod
@@ -108,9 +108,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def CompleteStream(
         self,
-        request: _router_pb2.CompleteRequest,
+        request: _router_pb2.CompleteStreamRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_router_pb2.CompleteResponse], _abc.AsyncIterator[_router_pb2.CompleteResponse]]:
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.CompleteStreamResponse], _abc.AsyncIterator[_router_pb2.CompleteStreamResponse]]:
         """A legacy prompt completion as chunks."""
 
     @_abc_1.abstractmethod
