@@ -48,6 +48,8 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
                 "timeout_seconds": 10,
             },
             "dead": {"kind": "openai", "base_url": dead, "timeout_seconds": 2},
+            "slow": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY",
+                     "timeout_seconds": 0.5},
             "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "INTERLOCK_TEST_NEVER_SET"},
         },
         "models": [
@@ -64,6 +66,7 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
             {"id": "fake-embed", "type": "embedding", "dims": 8,
              "deployments": [{"provider": "fake", "model": "fake-embed"}]},
             {**chat, "id": "dead-chat", "deployments": [{"provider": "dead", "model": "x"}]},
+            {**chat, "id": "slow-chat", "deployments": [{"provider": "slow", "model": "fake-model"}]},
             {**chat, "id": "nokey-chat", "deployments": [{"provider": "nokey", "model": "x"}]},
         ],
         "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],

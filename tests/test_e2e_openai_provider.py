@@ -174,3 +174,13 @@ def test_client_disconnect_cancels_upstream(stack: Stack, upstream: FakeOpenAI) 
     while upstream.cancelled == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert upstream.cancelled == 1
+
+
+def test_upstream_timeout_is_a_504(stack: Stack, upstream: FakeOpenAI) -> None:
+    upstream.first_token_delay = 1.5  # the "slow" provider gives up after 0.5 s
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "slow-chat", "messages": HI}
+    )
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "provider_timeout"
+    assert response.json()["error"]["type"] == "upstream_error"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 
@@ -21,6 +22,7 @@ from services.router.usage_emitter import UsageEmitter
 
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
+C = TypeVar("C", pb.ChatChunk, pb.CompleteResponse)
 CHAT_TYPES = (cpb.MODEL_TYPE_CHAT,)
 COMPLETION_TYPES = (cpb.MODEL_TYPE_COMPLETION,)
 EMBEDDING_TYPES = (cpb.MODEL_TYPE_EMBEDDING,)
@@ -123,18 +125,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         usage.latency_ms = rec.elapsed_ms()
         rec.usage(usage)
 
-    # ------------------------------------------------------------ chat
+    # ------------------------------------------------------------ the two request shapes
 
-    async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        rec = Recorder(self._clock, request.caller, request.model, "/v1/chat/completions", stream=False)
+    async def _serve_unary(self, spec: Spec, call: Callable[[ProviderAdapter, Target], Awaitable[R]]) -> R:
+        """Plan, try targets, settle usage and record exactly one usage event."""
+        rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=False)
         error: BaseException | None = None
         try:
-            plan = self._planner.plan(request.model, CHAT_TYPES, request.route)
-            self._check_context(plan.model, tokens.count_messages(request.messages), request.sampling)
-            response, target, decision = await self._unary(plan, rec, lambda a, t: a.chat(request, t))
-            response.model = response.model or target.model.id
-            self._settle(response.usage, target.model, rec)
-            response.routing_decision.CopyFrom(decision)
+            plan = self._planner.plan(spec.model, spec.types, spec.route)
+            if spec.prompt_tokens is not None:
+                self._check_context(plan.model, spec.prompt_tokens, spec.sampling)
+            response, target, decision = await self._unary(plan, rec, call)
+            answer = cast(_Answer, response)
+            answer.model = answer.model or target.model.id
+            self._settle(answer.usage, target.model, rec)
+            answer.routing_decision.CopyFrom(decision)
             return response
         except BaseException as exc:
             error = exc
@@ -142,123 +147,142 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             self._emitter.emit(rec.finish(error))
 
-    async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
-        request = wrapped.request
-        rec = Recorder(self._clock, request.caller, request.model, "/v1/chat/completions", stream=True)
+    async def _serve_stream(
+        self,
+        spec: Spec,
+        open_stream: Callable[[ProviderAdapter, Target], AsyncIterator[C]],
+        texts: Callable[[C], list[str]],
+        usage_chunk: Callable[[C, pb.RoutingDecision, pb.Usage], C],
+    ) -> AsyncGenerator[C, None]:
+        """Relay chunks as they come; failover only before the first one. The last
+        chunk always carries usage (counted here if the provider sent none)."""
+        rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=True)
         error: BaseException | None = None
         try:
-            plan = self._planner.plan(request.model, CHAT_TYPES, request.route)
-            prompt_tokens = tokens.count_messages(request.messages)
-            self._check_context(plan.model, prompt_tokens, request.sampling)
-            first, stream, target, decision = await self._open_stream(plan, rec, lambda a, t: a.chat_stream(request, t))
+            plan = self._planner.plan(spec.model, spec.types, spec.route)
+            prompt_tokens = spec.prompt_tokens or 0
+            self._check_context(plan.model, prompt_tokens, spec.sampling)
+            first, stream, target, decision = await self._open_stream(plan, rec, open_stream)
+            cast(_Answer, first).routing_decision.CopyFrom(decision)
             streamed: list[str] = []
             usage_seen = False
-            first.routing_decision.CopyFrom(decision)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                chunk: pb.ChatChunk | None = first
+                chunk: C | None = first
                 while chunk is not None:
-                    chunk.model = chunk.model or target.model.id
-                    for choice in chunk.choices:
-                        if choice.delta.content or choice.delta.tool_calls:
-                            rec.first_token()
-                            streamed.append(choice.delta.content)
-                    if chunk.HasField("usage"):
+                    answer = cast(_Answer, chunk)
+                    answer.model = answer.model or target.model.id
+                    pieces = texts(chunk)
+                    if pieces:
+                        rec.first_token()
+                        streamed.extend(pieces)
+                    if answer.HasField("usage"):
                         usage_seen = True
-                        self._settle(chunk.usage, target.model, rec)
-                        chunk.routing_decision.CopyFrom(decision)
-                    yield pb.ChatStreamResponse(chunk=chunk)
+                        self._settle(answer.usage, target.model, rec)
+                        answer.routing_decision.CopyFrom(decision)
+                    yield chunk
                     chunk = await anext(stream, None)
             if not usage_seen:
                 # The provider ignored include_usage: count what was streamed so the ledger stays whole.
-                completion = tokens.count_text("".join(streamed))
-                last = pb.ChatChunk(id=first.id, created=first.created, model=first.model, routing_decision=decision)
-                last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
-                self._settle(last.usage, target.model, rec)
-                yield pb.ChatStreamResponse(chunk=last)
+                usage = pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens.count_text("".join(streamed)))
+                self._settle(usage, target.model, rec)
+                yield usage_chunk(first, decision, usage)
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._emitter.emit(rec.finish(error))
 
-    # ------------------------------------------------------------ legacy completions
+    # ------------------------------------------------------------ the RPCs
+
+    async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
+        spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages))
+        return await self._serve_unary(spec, lambda a, t: a.chat(request, t))
+
+    async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
+        request = wrapped.request
+        spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages))
+        chunks = self._serve_stream(spec, lambda a, t: a.chat_stream(request, t), _chat_texts, _chat_usage_chunk)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield pb.ChatStreamResponse(chunk=chunk)
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
-        rec = Recorder(self._clock, request.caller, request.model, "/v1/completions", stream=False)
-        error: BaseException | None = None
-        try:
-            plan = self._planner.plan(request.model, COMPLETION_TYPES, request.route)
-            prompt_tokens = max((tokens.count_text(p) for p in request.prompts), default=0)
-            self._check_context(plan.model, prompt_tokens, request.sampling)
-            response, target, decision = await self._unary(plan, rec, lambda a, t: a.complete(request, t))
-            response.model = response.model or target.model.id
-            self._settle(response.usage, target.model, rec)
-            response.routing_decision.CopyFrom(decision)
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._emitter.emit(rec.finish(error))
+        prompt_tokens = max((tokens.count_text(p) for p in request.prompts), default=0)
+        spec = Spec.of(request, "/v1/completions", COMPLETION_TYPES, prompt_tokens)
+        return await self._serve_unary(spec, lambda a, t: a.complete(request, t))
 
     async def CompleteStream(
         self, wrapped: pb.CompleteStreamRequest, context: Context
     ) -> AsyncIterator[pb.CompleteStreamResponse]:
         request = wrapped.request
-        rec = Recorder(self._clock, request.caller, request.model, "/v1/completions", stream=True)
-        error: BaseException | None = None
-        try:
-            plan = self._planner.plan(request.model, COMPLETION_TYPES, request.route)
-            prompt_tokens = sum(tokens.count_text(p) for p in request.prompts)
-            self._check_context(plan.model, prompt_tokens, request.sampling)
-            first, stream, target, decision = await self._open_stream(
-                plan, rec, lambda a, t: a.complete_stream(request, t)
-            )
-            streamed: list[str] = []
-            usage_seen = False
-            first.routing_decision.CopyFrom(decision)
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                chunk: pb.CompleteResponse | None = first
-                while chunk is not None:
-                    chunk.model = chunk.model or target.model.id
-                    for choice in chunk.choices:
-                        if choice.text:
-                            rec.first_token()
-                            streamed.append(choice.text)
-                    if chunk.HasField("usage"):
-                        usage_seen = True
-                        self._settle(chunk.usage, target.model, rec)
-                        chunk.routing_decision.CopyFrom(decision)
-                    yield pb.CompleteStreamResponse(chunk=chunk)
-                    chunk = await anext(stream, None)
-            if not usage_seen:
-                last = pb.CompleteResponse(
-                    id=first.id, created=first.created, model=first.model, routing_decision=decision
-                )
-                completion = tokens.count_text("".join(streamed))
-                last.usage.CopyFrom(pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
-                self._settle(last.usage, target.model, rec)
-                yield pb.CompleteStreamResponse(chunk=last)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._emitter.emit(rec.finish(error))
-
-    # ------------------------------------------------------------ embeddings
+        spec = Spec.of(request, "/v1/completions", COMPLETION_TYPES, sum(tokens.count_text(p) for p in request.prompts))
+        chunks = self._serve_stream(
+            spec, lambda a, t: a.complete_stream(request, t), _completion_texts, _completion_usage_chunk
+        )
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield pb.CompleteStreamResponse(chunk=chunk)
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        rec = Recorder(self._clock, request.caller, request.model, "/v1/embeddings", stream=False)
-        error: BaseException | None = None
-        try:
-            plan = self._planner.plan(request.model, EMBEDDING_TYPES, request.route)
-            response, target, decision = await self._unary(plan, rec, lambda a, t: a.embed(request, t))
-            response.model = response.model or target.model.id
-            self._settle(response.usage, target.model, rec)
-            response.routing_decision.CopyFrom(decision)
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._emitter.emit(rec.finish(error))
+        spec = Spec.of(request, "/v1/embeddings", EMBEDDING_TYPES, None)
+        return await self._serve_unary(spec, lambda a, t: a.embed(request, t))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the shared request paths need to know of one request."""
+
+    caller: pb.CallerContext
+    model: str
+    route: pb.RouteHints
+    sampling: pb.Sampling
+    endpoint: str
+    types: Collection[int]
+    # Counted prompt tokens, for the context-window check; None skips it.
+    prompt_tokens: int | None
+
+    @classmethod
+    def of(cls, request: _Routed, endpoint: str, types: Collection[int], prompt_tokens: int | None) -> Spec:
+        sampling = getattr(request, "sampling", None) or pb.Sampling()
+        return cls(request.caller, request.model, request.route, sampling, endpoint, types, prompt_tokens)
+
+
+class _Routed(Protocol):
+    @property
+    def caller(self) -> pb.CallerContext: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def route(self) -> pb.RouteHints: ...
+
+
+class _Answer(Protocol):
+    """The fields every response and chunk message shares."""
+
+    model: str
+
+    @property
+    def usage(self) -> pb.Usage: ...
+    @property
+    def routing_decision(self) -> pb.RoutingDecision: ...
+    def HasField(self, field_name: str) -> bool: ...
+
+
+def _chat_texts(chunk: pb.ChatChunk) -> list[str]:
+    return [c.delta.content for c in chunk.choices if c.delta.content or c.delta.tool_calls]
+
+
+def _chat_usage_chunk(first: pb.ChatChunk, decision: pb.RoutingDecision, usage: pb.Usage) -> pb.ChatChunk:
+    return pb.ChatChunk(id=first.id, created=first.created, model=first.model, routing_decision=decision, usage=usage)
+
+
+def _completion_texts(chunk: pb.CompleteResponse) -> list[str]:
+    return [c.text for c in chunk.choices if c.text]
+
+
+def _completion_usage_chunk(
+    first: pb.CompleteResponse, decision: pb.RoutingDecision, usage: pb.Usage
+) -> pb.CompleteResponse:
+    return pb.CompleteResponse(
+        id=first.id, created=first.created, model=first.model, routing_decision=decision, usage=usage
+    )

@@ -339,16 +339,12 @@ def chat_response_from_json(body: dict[str, Any]) -> pb.ChatResponse:
     return response
 
 
-def _upstream_message(raw: dict[str, Any]) -> pb.Message:
-    message = pb.Message(role=ROLE_FROM_WIRE.get(raw.get("role") or "assistant", pb.ROLE_ASSISTANT))
-    content = raw.get("content")
-    if isinstance(content, str):
-        message.content = content
-    if isinstance(raw.get("refusal"), str):
-        message.refusal = raw["refusal"]
-    for j, call in enumerate(raw.get("tool_calls") or ()):
+def _upstream_tool_calls(raw: object) -> list[pb.ToolCall]:
+    """Tool calls of a message or a stream delta, as an upstream sent them."""
+    calls = []
+    for j, call in enumerate(raw if isinstance(raw, list) else ()):
         function = call.get("function") or {}
-        message.tool_calls.append(
+        calls.append(
             pb.ToolCall(
                 id=str(call.get("id") or ""),
                 type=str(call.get("type") or ""),
@@ -358,6 +354,17 @@ def _upstream_message(raw: dict[str, Any]) -> pb.Message:
                 ),
             )
         )
+    return calls
+
+
+def _upstream_message(raw: dict[str, Any]) -> pb.Message:
+    message = pb.Message(role=ROLE_FROM_WIRE.get(raw.get("role") or "assistant", pb.ROLE_ASSISTANT))
+    content = raw.get("content")
+    if isinstance(content, str):
+        message.content = content
+    if isinstance(raw.get("refusal"), str):
+        message.refusal = raw["refusal"]
+    message.tool_calls.extend(_upstream_tool_calls(raw.get("tool_calls")))
     extra = {k: v for k, v in raw.items() if k not in _MESSAGE_KNOWN and v is not None}
     if extra:
         message.extra_json = f.dumps(extra)
@@ -422,18 +429,7 @@ def chunk_from_json(body: dict[str, Any]) -> pb.ChatChunk:
             message.content = delta["content"]
         if isinstance(delta.get("refusal"), str):
             message.refusal = delta["refusal"]
-        for j, call in enumerate(delta.get("tool_calls") or ()):
-            function = call.get("function") or {}
-            message.tool_calls.append(
-                pb.ToolCall(
-                    id=str(call.get("id") or ""),
-                    type=str(call.get("type") or ""),
-                    index=int(call.get("index", j)),
-                    function=pb.FunctionCall(
-                        name=str(function.get("name") or ""), arguments=str(function.get("arguments") or "")
-                    ),
-                )
-            )
+        message.tool_calls.extend(_upstream_tool_calls(delta.get("tool_calls")))
         reason = choice.get("finish_reason")
         chunk.choices.append(
             pb.ChunkChoice(

@@ -55,6 +55,13 @@ def upstream_error(status: int, body: bytes, provider: str, retry_after: str | N
     return UpstreamError(message, code="upstream_error", http_status=502, retry_after=retry)
 
 
+def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
+    """A request that got no HTTP answer: a timeout is a 504, anything else a 503."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(f"provider {provider} timed out", code="provider_timeout", http_status=504)
+    return UpstreamError(f"provider {provider} is unreachable", code="provider_unavailable", http_status=503)
+
+
 class OpenAIProvider:
     def __init__(self, client: httpx.AsyncClient, env: Mapping[str, str]) -> None:
         self._client = client
@@ -80,14 +87,8 @@ class OpenAIProvider:
                 url, content=orjson.dumps(body), headers={**self._headers(target), "Content-Type": "application/json"},
                 timeout=target.provider.timeout_seconds or 60.0,
             )  # fmt: skip
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504
-            ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} is unreachable", code="provider_unavailable", http_status=503
-            ) from exc
+            raise transport_error(exc, target.provider.id) from exc
         if response.status_code >= 400:
             raise upstream_error(
                 response.status_code, response.content, target.provider.id, response.headers.get("retry-after")
@@ -110,14 +111,8 @@ class OpenAIProvider:
         )  # fmt: skip
         try:
             response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} timed out", code="provider_timeout", http_status=504
-            ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} is unreachable", code="provider_unavailable", http_status=503
-            ) from exc
+            raise transport_error(exc, target.provider.id) from exc
         try:
             if response.status_code >= 400:
                 raise upstream_error(
