@@ -23,6 +23,8 @@ from gateway.routes.completions import create_completion
 from gateway.routes.embeddings import create_embeddings
 from gateway.routes.models import get_model, list_models
 from gateway.settings import EdgeSettings
+from gateway.transcoder import Transcoder
+from interlock.catalog.v1 import catalog_pb2
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from interlock.router.v1 import router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
@@ -42,8 +44,13 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok", "catalog_version": edge.cache.version})
 
 
+# Services whose google.api.http rules the edge serves as REST (the admin API).
+TRANSCODED_SERVICES = [catalog_pb2.DESCRIPTOR.services_by_name["AdminService"]]
+
+
 def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
     clock = clock or SystemClock()
+    transcoder = Transcoder(TRANSCODED_SERVICES, settings.max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -52,6 +59,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
             for addr in (settings.catalog_addr, settings.router_addr, settings.ratelimit_addr)
         ]
         catalog_channel, router_channel, ratelimit_channel = channels
+        transcoder.bind(catalog_channel)
         cache = CatalogCache(catalog_channel, watch_keys=True)
         try:
             await cache.start(CATALOG_WAIT_SECONDS)
@@ -75,6 +83,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        *transcoder.routes(),
     ]
     return Starlette(
         routes=routes,

@@ -64,7 +64,7 @@ class EdgeContext:
             project=key.project,
             client_ip=client_ip,
             endpoint=endpoint,
-            requests_per_minute=key.requests_per_minute,
+            requests_per_minute=self.requests_per_minute(key),
         )
         try:
             decision = await self.ratelimit.Check(check, timeout=RATELIMIT_TIMEOUT_SECONDS)
@@ -86,12 +86,27 @@ class EdgeContext:
                 retry_after=float(decision.retry_after_seconds),
             )
 
+    def requests_per_minute(self, key: cpb.ApiKey) -> int:
+        """The key's own limit, else its plan's; 0 leaves the ratelimit service's default."""
+        if key.requests_per_minute:
+            return key.requests_per_minute
+        plan = self.cache.plans.get(key.plan)
+        return plan.requests_per_minute if plan is not None else 0
+
     def may_use(self, key: cpb.ApiKey, model_id: str) -> bool:
         """A key with no model list may use everything; otherwise ids, globs or profiles."""
         return not key.models or any(fnmatch.fnmatchcase(model_id, pattern) for pattern in key.models)
 
-    def check_model_access(self, key: cpb.ApiKey, model_id: str) -> None:
+    def check_model_access(self, key: cpb.ApiKey, model_id: str, route: pb.RouteHints | None = None) -> None:
+        """The model and every fallback model must be in the key's scope."""
         if not self.may_use(key, model_id):
             raise PermissionDeniedError(
                 f"This API key may not use the model '{model_id}'.", code="model_not_allowed", param="model"
             )
+        for fallback in route.fallbacks if route is not None else ():
+            if not self.may_use(key, fallback):
+                raise PermissionDeniedError(
+                    f"This API key may not use the fallback model '{fallback}'.",
+                    code="model_not_allowed",
+                    param="route.fallback",
+                )

@@ -51,6 +51,8 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
             "slow": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY",
                      "timeout_seconds": 0.5},
             "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "INTERLOCK_TEST_NEVER_SET"},
+            # Configured and keyed, but of a kind this router has no adapter for yet.
+            "anth": {"kind": "anthropic", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY"},
         },
         "models": [
             {**chat, "id": "demo-chat", "context_window": 8192, "pricing": {"input": 0.1, "output": 0.4},
@@ -68,6 +70,7 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
             {**chat, "id": "dead-chat", "deployments": [{"provider": "dead", "model": "x"}]},
             {**chat, "id": "slow-chat", "deployments": [{"provider": "slow", "model": "fake-model"}]},
             {**chat, "id": "nokey-chat", "deployments": [{"provider": "nokey", "model": "x"}]},
+            {**chat, "id": "anth-chat", "deployments": [{"provider": "anth", "model": "claude-x"}]},
         ],
         "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],
     }  # fmt: skip

@@ -184,3 +184,12 @@ def test_upstream_timeout_is_a_504(stack: Stack, upstream: FakeOpenAI) -> None:
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "provider_timeout"
     assert response.json()["error"]["type"] == "upstream_error"
+
+
+def test_provider_kind_without_adapter_is_a_503_not_a_crash(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.base_url}/chat/completions", headers=stack.headers(), json={"model": "anth-chat", "messages": HI}
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "provider_unavailable"
+    assert "anthropic" in response.json()["error"]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,8 +37,11 @@ def _wait(predicate: object, timeout: float) -> bool:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Stack:
-    return start_stack(tmp_path / "data")
+def own_stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = start_stack(tmp_path / "data")
+    yield stack
+    if stack.process.poll() is None:  # a test that failed half-way must not leak a stack
+        stop_stack(stack)
 
 
 def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stack) -> None:

@@ -24,7 +24,7 @@ async def create_chat_completion(request: Request) -> Response:
     body = await read_json_object(request, edge.settings.max_body_bytes)
     chat, stream = parse_chat_request(body)
     admitted.caller.metadata_json = parse_metadata(body)
-    edge.check_model_access(admitted.key, chat.model)
+    edge.check_model_access(admitted.key, chat.model, chat.route)
     chat.caller.CopyFrom(admitted.caller)
     if not stream:
         response = await edge.router.Chat(chat, timeout=edge.settings.request_timeout_seconds)

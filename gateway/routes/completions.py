@@ -24,7 +24,7 @@ async def create_completion(request: Request) -> Response:
     body = await read_json_object(request, edge.settings.max_body_bytes)
     completion, stream = parse_completion_request(body)
     admitted.caller.metadata_json = parse_metadata(body)
-    edge.check_model_access(admitted.key, completion.model)
+    edge.check_model_access(admitted.key, completion.model, completion.route)
     completion.caller.CopyFrom(admitted.caller)
     if not stream:
         response = await edge.router.Complete(completion, timeout=edge.settings.request_timeout_seconds)

@@ -20,7 +20,7 @@ async def create_embeddings(request: Request) -> Response:
     body = await read_json_object(request, edge.settings.max_body_bytes)
     embed, encoding = parse_embedding_request(body)
     admitted.caller.metadata_json = parse_metadata(body)
-    edge.check_model_access(admitted.key, embed.model)
+    edge.check_model_access(admitted.key, embed.model, embed.route)
     embed.caller.CopyFrom(admitted.caller)
     response = await edge.router.Embed(embed, timeout=edge.settings.request_timeout_seconds)
     return json_response(embeddings_to_json(response, encoding))

@@ -3,32 +3,97 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 from interlock.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from services.catalog import records
+from services.catalog.admin import AdminServicer, register_bootstrap
 from services.catalog.config import load_catalog
-from services.catalog.keystore import KeyStore
+from services.catalog.guard import AdminGuard
+from services.catalog.reloader import CatalogReloader
 from services.catalog.servicer import CatalogServicer
 from services.catalog.settings import CatalogSettings
+from services.catalog.store import KeyStore
+from services.catalog.store.sqlite import SqliteKeyStore
 from services.common.broadcast import Latest
+from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
 
-SERVICE_NAME = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+log = logging.getLogger(__name__)
+CATALOG_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+ADMIN_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-def build_server(settings: CatalogSettings) -> GrpcService:
+def open_store(settings: CatalogSettings) -> KeyStore:
+    if settings.database_url:
+        from services.catalog.store.postgres import PostgresKeyStore  # noqa: PLC0415 - only when configured
+
+        return PostgresKeyStore(settings.database_url)
+    return SqliteKeyStore(settings.database)
+
+
+async def build_server(settings: CatalogSettings, clock: Clock | None = None) -> GrpcService:
+    clock = clock or SystemClock()
     catalog = Latest(load_catalog(settings.config_path, settings.provider_env))
-    store = KeyStore(settings.database, settings.key_pepper)
+    store = await asyncio.to_thread(open_store, settings)
     if settings.bootstrap_key:
-        store.put_bootstrap(settings.bootstrap_key)
-    api_keys = Latest(store.all())
-    servicer = CatalogServicer(catalog, api_keys)
+        await asyncio.to_thread(
+            register_bootstrap, store, settings.bootstrap_key, settings.key_pepper, int(clock.now())
+        )
+    api_keys = Latest([records.api_key(k) for k in await asyncio.to_thread(store.list_keys)])
+    seen = await asyncio.to_thread(store.version)
+
+    async def refresh_keys() -> None:
+        nonlocal seen
+        seen, found = await asyncio.to_thread(lambda: (store.version(), store.list_keys()))
+        api_keys.publish([records.api_key(k) for k in found])
+
+    async def follow_other_replicas() -> None:
+        # Replicas sharing a database see each other's writes through the change counter.
+        while True:
+            await asyncio.sleep(settings.keys_poll_seconds)
+            try:
+                if await asyncio.to_thread(store.version) != seen:
+                    await refresh_keys()
+            except Exception:
+                log.warning("could not poll the key store", exc_info=True)
+
+    def is_live_key(secret_hash: str) -> bool:
+        return any(k.secret_hash == secret_hash and not k.revoked for k in api_keys.value)
+
+    admin = AdminServicer(
+        store,
+        AdminGuard(settings.admin_key_hash, settings.key_pepper, is_live_key),
+        plans=lambda: [p.id for p in catalog.value.plans],
+        on_keys_changed=refresh_keys,
+        pepper=settings.key_pepper,
+        clock=clock,
+    )
+    reloader = CatalogReloader(
+        settings.config_path, settings.provider_env, catalog.publish, poll_seconds=settings.config_poll_seconds
+    )
     service = create_server(
         settings.listen,
-        [Registration(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME)],
+        [
+            Registration(
+                catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+                CatalogServicer(catalog, api_keys),
+                CATALOG_SERVICE,
+            ),
+            Registration(catalog_pb2_grpc.add_AdminServiceServicer_to_server, admin, ADMIN_SERVICE),
+        ],
     )
+    tasks = [asyncio.create_task(follow_other_replicas()), asyncio.create_task(reloader.run())]
+    reloader.install_sighup(asyncio.get_running_loop())
 
-    async def close_store() -> None:
+    async def close() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await asyncio.to_thread(store.close)
 
-    service.cleanups.append(close_store)
+    service.cleanups.append(close)
     return service

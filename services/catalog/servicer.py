@@ -44,7 +44,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: pb.WatchCatalogRequest, context: Context
     ) -> AsyncIterator[pb.WatchCatalogResponse]:
         async for version, catalog in self._catalog.watch():
-            yield pb.WatchCatalogResponse(version=version, providers=catalog.providers, models=catalog.models)
+            yield pb.WatchCatalogResponse(
+                version=version, providers=catalog.providers, models=catalog.models, plans=catalog.plans
+            )
 
     async def WatchKeys(self, request: pb.WatchKeysRequest, context: Context) -> AsyncIterator[pb.WatchKeysResponse]:
         # Whole snapshots: key tables are small, and a reset can never leave a revoked key behind.

@@ -24,6 +24,7 @@ class CatalogCache:
         self.version = 0
         self.models: dict[str, pb.Model] = {}
         self.providers: dict[str, pb.Provider] = {}
+        self.plans: dict[str, pb.Plan] = {}
         self.keys_by_hash: dict[str, pb.ApiKey] = {}
         self._catalog_ready = asyncio.Event()
         self._keys_ready = asyncio.Event()
@@ -53,6 +54,7 @@ class CatalogCache:
         # Build new dicts and swap references: readers never see a half-applied snapshot.
         self.models = {m.id: m for m in snapshot.models}
         self.providers = {p.id: p for p in snapshot.providers}
+        self.plans = {p.id: p for p in snapshot.plans}
         self.version = snapshot.version
         self._catalog_ready.set()
 

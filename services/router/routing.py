@@ -19,6 +19,15 @@ _TYPE_ENDPOINT = {
 }
 
 
+_KIND_NAMES = {
+    cpb.PROVIDER_KIND_DEMO: "demo",
+    cpb.PROVIDER_KIND_OPENAI: "openai",
+    cpb.PROVIDER_KIND_ANTHROPIC: "anthropic",
+    cpb.PROVIDER_KIND_GEMINI: "gemini",
+    cpb.PROVIDER_KIND_AZURE: "azure",
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     model: cpb.Model
@@ -27,8 +36,10 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, cache: CatalogCache) -> None:
+    def __init__(self, cache: CatalogCache, supported_kinds: Collection[int]) -> None:
         self._cache = cache
+        # Provider kinds this router has an adapter for; others are never tried.
+        self._supported = supported_kinds
 
     def _model(self, model_id: str) -> cpb.Model:
         model = self._cache.models.get(model_id)
@@ -59,12 +70,20 @@ class Planner:
         if hints.provider:
             # A stable sort keeps catalog order within "preferred" and "the rest".
             targets.sort(key=lambda t: t.provider.id != hints.provider)
-        available = [t for t in targets if t.provider.available]
+        available = [t for t in targets if t.provider.available and t.provider.kind in self._supported]
         if not available:
-            missing = sorted({t.provider.api_key_env for t in targets if t.provider.api_key_env})
-            hint = f": set {', '.join(missing)}" if missing else ""
+            unsupported = sorted(
+                {_KIND_NAMES.get(t.provider.kind, "?") for t in targets if t.provider.kind not in self._supported}
+            )
+            missing = sorted(
+                {t.provider.api_key_env for t in targets if t.provider.api_key_env and not t.provider.available}
+            )
+            reasons = [f"set {', '.join(missing)}"] if missing else []
+            reasons += [f"this router cannot call {', '.join(unsupported)} providers yet"] if unsupported else []
             raise UpstreamError(
-                f"No provider for '{model_id}' is configured{hint}.", code="provider_unavailable", http_status=503
+                f"No provider for '{model_id}' is available: {'; '.join(reasons) or 'none is configured'}.",
+                code="provider_unavailable",
+                http_status=503,
             )
         return Plan(model=candidates[0], targets=available, reason=reason)
 

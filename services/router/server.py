@@ -46,7 +46,7 @@ async def build_server(
     }
     emitter = UsageEmitter(usage_channel, settings.usage_batch_size, settings.usage_flush_seconds)
     emitter.start()
-    servicer = RouterServicer(Planner(cache), adapters, emitter, clock)
+    servicer = RouterServicer(Planner(cache, supported_kinds=set(adapters)), adapters, emitter, clock)
     service = create_server(
         settings.listen, [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)]
     )

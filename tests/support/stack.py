@@ -30,6 +30,7 @@ def free_port() -> int:
 class Stack:
     url: str
     api_key: str
+    admin_key: str
     data_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -54,6 +55,35 @@ class Stack:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def start_extra_edge(self, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+        """A second edge process wired to this stack's services, as a second replica would be."""
+        port = free_port()
+        pepper = (self.data_dir / "secrets" / "key_pepper").read_text().strip()
+        env = {
+            **os.environ,
+            "INTERLOCK_KEY_PEPPER": pepper,
+            "INTERLOCK_CATALOG_ADDR": self.service_addr("catalog"),
+            "INTERLOCK_ROUTER_ADDR": self.service_addr("router"),
+            "INTERLOCK_RATELIMIT_ADDR": self.service_addr("ratelimit"),
+            "INTERLOCK_EDGE_PORT": str(port),
+            "INTERLOCK_LOG_LEVEL": "warning",
+        }
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        process.kill()
+        raise RuntimeError(f"extra edge did not start:\n{log_path.read_text()}")
 
     def count_events(self, **filters: str) -> int:
         with grpc.insecure_channel(self.service_addr("usage")) as channel:
@@ -91,13 +121,19 @@ def start_stack(
 ) -> Stack:
     port = free_port()
     api_key = api_key or "il-test-" + os.urandom(16).hex()
+    admin_key = "il-admin-" + os.urandom(16).hex()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "stack.log"
     args = [sys.executable, "-m", "services.cli.main", "up", "--port", str(port), "--data-dir", str(data_dir)]
     if config is not None:
         args += ["--config", str(config)]
-    child_env = {**os.environ, "INTERLOCK_API_KEY": api_key, "INTERLOCK_LOG_LEVEL": "warning", **(env or {})}
-    # Coverage of the child processes, when the suite runs under pytest-cov.
+    child_env = {
+        **os.environ,
+        "INTERLOCK_API_KEY": api_key,
+        "INTERLOCK_ADMIN_KEY": admin_key,
+        "INTERLOCK_LOG_LEVEL": "warning",
+        **(env or {}),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, env=child_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -108,7 +144,7 @@ def start_stack(
         if (data_dir / "stack.json").exists():
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return Stack(url=url, api_key=api_key, data_dir=data_dir, process=process, log_path=log_path)
+                    return Stack(url, api_key, admin_key, data_dir, process, log_path)
             except httpx.HTTPError:
                 pass
         time.sleep(0.1)

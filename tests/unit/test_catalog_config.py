@@ -10,10 +10,18 @@ import pytest
 import yaml
 
 from interlock.catalog.v1 import catalog_pb2 as pb
-from services.catalog.config import CatalogConfigError, load_catalog, parse_catalog
+from services.catalog.config import (
+    DEFAULT_PLANS,
+    Catalog,
+    CatalogConfigError,
+    default_plans,
+    load_catalog,
+    parse_catalog,
+)
 from services.catalog.settings import DEFAULT_CONFIG
 
 SOURCE = "test-catalog.yaml"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "catalog"
 
 
 def valid_doc() -> dict[str, Any]:
@@ -203,6 +211,89 @@ BAD_DOCS = [
         "must be an integer",
         id="bool-int",
     ),
+    pytest.param(
+        lambda d: d["providers"]["acme"].update(base_ulr="https://x"),
+        "providers.acme.base_ulr",
+        "unknown key (expected one of: kind, base_url, api_key_env, headers, timeout_seconds)",
+        id="provider-unknown-key",
+    ),
+    pytest.param(
+        lambda d: d["providers"]["acme"].update(api_version="2024-10-21"),
+        "providers.acme.api_version",
+        "unknown key",
+        id="provider-api-version-not-yet",
+    ),
+    pytest.param(
+        lambda d: d["models"][0]["pricing"].update(cached_input=0.01),
+        "models[0](local).pricing.cached_input",
+        "unknown key (expected one of: input, output)",
+        id="pricing-unknown-key",
+    ),
+    pytest.param(
+        lambda d: d["models"][1]["deployments"][0].update(wieght=2),
+        "models[1](remote).deployments[0].wieght",
+        "unknown key (expected one of: provider, model, weight, priority)",
+        id="deployment-unknown-key",
+    ),
+    pytest.param(
+        lambda d: d["profiles"][0].update(candiates=["local"]),
+        "profiles[0](router:fast).candiates",
+        "unknown key (expected one of: id, strategy, candidates)",
+        id="profile-unknown-key",
+    ),
+    pytest.param(
+        lambda d: d["models"][0].pop("id"),
+        "models[0].id",
+        "is required",
+        id="model-without-id",
+    ),
+    pytest.param(
+        lambda d: d["providers"]["acme"].update(headers={"X-Team": None}),
+        "providers.acme.headers.X-Team",
+        "must be a string",
+        id="header-value",
+    ),
+    pytest.param(
+        lambda d: d["models"][0]["pricing"].update(input=float("nan")),
+        "models[0](local).pricing.input",
+        "must be a number",
+        id="nan-price",
+    ),
+    pytest.param(
+        lambda d: d["models"][2].update(dims=2**31),
+        "models[2](embed).dims",
+        f"must be at most {2**31 - 1}",
+        id="int32-overflow",
+    ),
+    pytest.param(lambda d: d.update(plans=[]), "plans", "needs at least one plan", id="plans-empty"),
+    pytest.param(lambda d: d.update(plans={"pro": {}}), "plans", "must be a list", id="plans-mapping"),
+    pytest.param(lambda d: d.update(plans=[{"requests_per_minute": 1}]), "plans[0].id", "is required", id="plan-id"),
+    pytest.param(
+        lambda d: d.update(plans=[{"id": "pro", "burst": -5}]),
+        "plans[0](pro).burst",
+        "must not be negative (got -5)",
+        id="plan-negative",
+    ),
+    pytest.param(
+        lambda d: d.update(plans=[{"id": "pro", "tokens_per_minute": 1.5}]),
+        "plans[0](pro).tokens_per_minute",
+        "must be an integer",
+        id="plan-float",
+    ),
+    pytest.param(
+        lambda d: d.update(plans=[{"id": "pro", "rpm": 300}]),
+        "plans[0](pro).rpm",
+        "unknown key (expected one of: id, requests_per_minute, tokens_per_minute, burst)",
+        id="plan-unknown-key",
+    ),
+    pytest.param(lambda d: d.update(default_plan=""), "default_plan", "must be a non-empty string", id="default-plan"),
+    pytest.param(
+        lambda d: d.update(default_plan="team"),
+        "default_plan",
+        "unknown plan 'team' (defined: developer, pro, enterprise)",
+        id="default-plan-not-builtin",
+    ),
+    pytest.param(lambda d: d.update(taken_at=2025), "taken_at", "must be a date or a string", id="taken-at"),
 ]
 
 
@@ -241,6 +332,34 @@ def test_non_string_provider_id_is_a_config_error() -> None:
         parse_catalog({"providers": {123: {"kind": "demo"}}}, SOURCE, {})
 
 
+SHIPPED_MODELS = {
+    # id: (type, provider of its deployment)
+    "gpt-5": ("chat", "openai"),
+    "gpt-5-mini": ("chat", "openai"),
+    "gpt-5-nano": ("chat", "openai"),
+    "gpt-4.1": ("chat", "openai"),
+    "gpt-4.1-mini": ("chat", "openai"),
+    "gpt-4.1-nano": ("chat", "openai"),
+    "gpt-4o": ("chat", "openai"),
+    "gpt-4o-mini": ("chat", "openai"),
+    "o3": ("chat", "openai"),
+    "o4-mini": ("chat", "openai"),
+    "gpt-3.5-turbo-instruct": ("completion", "openai"),
+    "text-embedding-3-small": ("embedding", "openai"),
+    "text-embedding-3-large": ("embedding", "openai"),
+    "claude-opus-4-1": ("chat", "anthropic"),
+    "claude-sonnet-4-5": ("chat", "anthropic"),
+    "claude-sonnet-4": ("chat", "anthropic"),
+    "claude-haiku-4-5": ("chat", "anthropic"),
+    "claude-3-5-haiku": ("chat", "anthropic"),
+    "gemini-2.5-pro": ("chat", "gemini"),
+    "gemini-2.5-flash": ("chat", "gemini"),
+    "gemini-2.5-flash-lite": ("chat", "gemini"),
+    "gemini-embedding-001": ("embedding", "gemini"),
+}
+TYPE_NAMES = {pb.MODEL_TYPE_CHAT: "chat", pb.MODEL_TYPE_COMPLETION: "completion", pb.MODEL_TYPE_EMBEDDING: "embedding"}
+
+
 def test_shipped_default_catalog() -> None:
     catalog = load_catalog(DEFAULT_CONFIG, {})
     models = by_id(catalog.models)
@@ -255,7 +374,215 @@ def test_shipped_default_catalog() -> None:
     assert by_id(load_catalog(DEFAULT_CONFIG, {"OPENAI_API_KEY": "sk-x"}).providers)["openai"].available is True
 
 
+def test_shipped_demo_models_are_unchanged() -> None:
+    models = by_id(load_catalog(DEFAULT_CONFIG, {}).models)
+    chat = models["demo-chat"]
+    assert chat.context_window == 8192
+    assert (chat.pricing.input_per_million, chat.pricing.output_per_million) == (0.10, 0.40)
+    assert models["demo-embed"].dims == 256
+    for mid in ("demo-chat", "demo-instruct", "demo-embed"):
+        assert [(d.provider, d.upstream_model) for d in models[mid].deployments] == [("demo", mid)]
+
+
+def test_shipped_providers_without_keys_are_listed_as_unavailable() -> None:
+    catalog = load_catalog(DEFAULT_CONFIG, {})
+    providers = by_id(catalog.providers)
+    assert {p: (v.base_url, v.api_key_env, v.available) for p, v in providers.items()} == {
+        "demo": ("", "", True),
+        "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY", False),
+        "anthropic": ("https://api.anthropic.com/v1", "ANTHROPIC_API_KEY", False),
+        "gemini": ("https://generativelanguage.googleapis.com/v1beta", "GEMINI_API_KEY", False),
+    }
+    models = by_id(catalog.models)
+    for mid in SHIPPED_MODELS:
+        assert models[mid].available is False, mid  # listed, not hidden
+    keyed = by_id(load_catalog(DEFAULT_CONFIG, {"ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k"}).models)
+    assert keyed["claude-sonnet-4-5"].available and keyed["gemini-2.5-pro"].available
+    assert not keyed["gpt-5"].available
+
+
+def test_shipped_public_models() -> None:
+    catalog = load_catalog(DEFAULT_CONFIG, {})
+    assert catalog.taken_at == "2025-10"
+    models = by_id(catalog.models)
+    for mid, (mtype, provider) in SHIPPED_MODELS.items():
+        model = models[mid]
+        assert (TYPE_NAMES[model.type], model.provider) == (mtype, provider), mid
+        assert model.owned_by == {"gemini": "google"}.get(provider, provider), mid
+        assert model.context_window > 0 and model.pricing.input_per_million > 0, mid
+        if mtype == "chat":
+            assert model.pricing.output_per_million > 0 and model.quality > models["demo-chat"].quality, mid
+    dims = {mid: models[mid].dims for mid in ("text-embedding-3-small", "text-embedding-3-large")}
+    assert dims == {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}
+    assert models["gemini-embedding-001"].dims == 3072
+    assert models["claude-sonnet-4-5"].deployments[0].upstream_model.startswith("claude-sonnet-4-5")
+
+
+def test_shipped_profiles_end_with_the_demo_model() -> None:
+    models = by_id(load_catalog(DEFAULT_CONFIG, {}).models)
+    for pid in ("router:fast", "router:cheap"):
+        assert models[pid].candidates[-1] == "demo-chat", pid
+        assert models[pid].available is True, pid  # works offline
+    cheap = [models[c] for c in models["router:cheap"].candidates[:-1]]
+    assert all(m.pricing.output_per_million <= 1.0 for m in cheap)
+    quality = [models[c].quality for c in models["router:quality"].candidates]
+    assert quality == sorted(quality, reverse=True)
+
+
+def test_shipped_plans() -> None:
+    catalog = load_catalog(DEFAULT_CONFIG, {})
+    assert catalog.plans == default_plans()
+    assert catalog.default_plan == "developer"
+
+
 def test_null_owned_by_falls_back_to_the_provider() -> None:
     doc = valid_doc()
     doc["models"][1]["owned_by"] = None
     assert by_id(parse_catalog(doc, SOURCE, {}).models)["remote"].owned_by == "acme"
+
+
+# --- plans -----------------------------------------------------------------------------
+
+
+def test_without_a_plans_section_the_builtin_plans_apply() -> None:
+    catalog = parse_catalog(valid_doc(), SOURCE, {})
+    plans = {p.id: (p.requests_per_minute, p.tokens_per_minute, p.burst) for p in catalog.plans}
+    assert plans == {"developer": (60, 60_000, 120), "pro": (300, 300_000, 600), "enterprise": (0, 0, 0)}
+    assert [p[0] for p in DEFAULT_PLANS] == list(plans)
+    assert catalog.default_plan == "developer"
+    assert parse_catalog({**valid_doc(), "plans": None}, SOURCE, {}).plans == default_plans()
+
+
+def test_builtin_plans_are_fresh_copies() -> None:
+    first = default_plans()
+    first[0].requests_per_minute = 1
+    assert default_plans()[0].requests_per_minute == 60
+    assert Catalog(providers=[], models=[]).plans == default_plans()
+
+
+def test_plans_section_replaces_the_builtin_plans() -> None:
+    doc = valid_doc()
+    doc["plans"] = [{"id": "starter", "requests_per_minute": 5, "burst": 10}, {"id": "custom"}]
+    catalog = parse_catalog(doc, SOURCE, {})
+    assert [(p.id, p.requests_per_minute, p.tokens_per_minute, p.burst) for p in catalog.plans] == [
+        ("starter", 5, 0, 10),
+        ("custom", 0, 0, 0),
+    ]
+    assert catalog.default_plan == "starter"  # the first plan when default_plan is not given
+    doc["default_plan"] = "custom"
+    assert parse_catalog(doc, SOURCE, {}).default_plan == "custom"
+
+
+def test_taken_at_accepts_a_yaml_date(tmp_path: Path) -> None:
+    path = tmp_path / "dated.yaml"
+    path.write_text("taken_at: 2025-10-01\nproviders: {demo: {kind: demo}}\n")
+    assert load_catalog(path, {}).taken_at == "2025-10-01"
+    assert parse_catalog(valid_doc(), SOURCE, {}).taken_at == "2026-01-01"
+
+
+def test_empty_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(CatalogConfigError) as info:
+        load_catalog(path, {})
+    assert str(info.value) == (
+        f"{path}: (top level): is empty (expected a mapping with providers, models and profiles)"
+    )
+
+
+def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"providers: {caf\xe9: {kind: demo}}\n")
+    with pytest.raises(CatalogConfigError, match=r"latin1\.yaml: not UTF-8 text"):
+        load_catalog(path, {})
+
+
+# --- one fixture file per bad-config case ----------------------------------------------
+
+
+def _load_error(name: str) -> tuple[Path, str]:
+    path = FIXTURES / name
+    with pytest.raises(CatalogConfigError) as info:
+        load_catalog(path, {})
+    return path, str(info.value)
+
+
+def test_fixture_good_loads() -> None:
+    catalog = load_catalog(FIXTURES / "good.yaml", {"ACME_KEY": "sk-1"})
+    models = by_id(catalog.models)
+    assert list(models) == ["local", "remote", "router:fast"]
+    assert [(d.provider, d.priority, d.weight) for d in models["remote"].deployments] == [
+        ("acme", 0, 3.0),
+        ("demo", 1, 1.0),
+    ]
+    assert [(p.id, p.requests_per_minute, p.tokens_per_minute, p.burst) for p in catalog.plans] == [
+        ("hobby", 10, 10_000, 20),
+        ("team", 100, 0, 0),
+        ("custom", 0, 0, 0),
+    ]
+    assert catalog.default_plan == "team"
+    assert catalog.taken_at == "2025-10"
+    assert all(p.available for p in catalog.providers)
+
+
+def test_fixture_unknown_provider_kind() -> None:
+    path, message = _load_error("unknown_provider_kind.yaml")
+    assert message == (
+        f"{path}: providers.acme.kind: unknown provider kind 'bogus' "
+        "(expected one of demo, openai, anthropic, gemini, azure)"
+    )
+
+
+def test_fixture_model_without_deployment() -> None:
+    path, message = _load_error("model_without_deployment.yaml")
+    assert message == f"{path}: models[0](lonely).deployments: a model needs at least one deployment"
+
+
+def test_fixture_deployment_unknown_provider() -> None:
+    path, message = _load_error("deployment_unknown_provider.yaml")
+    assert message == f"{path}: models[0](local).deployments[1].provider: unknown provider 'nope'"
+
+
+def test_fixture_negative_price() -> None:
+    path, message = _load_error("negative_price.yaml")
+    assert message == f"{path}: models[0](local).pricing.input: must not be negative (got -1)"
+
+
+def test_fixture_duplicate_model_id() -> None:
+    path, message = _load_error("duplicate_model_id.yaml")
+    assert message == f"{path}: models[2](local).id: duplicate model id 'local'"
+
+
+def test_fixture_profile_unknown_model() -> None:
+    path, message = _load_error("profile_unknown_model.yaml")
+    assert message == f"{path}: profiles[0](router:fast).candidates: unknown model 'ghost'"
+
+
+def test_fixture_unknown_key() -> None:
+    path, message = _load_error("unknown_key.yaml")
+    assert message == (
+        f"{path}: models[0](local).context_windw: unknown key (expected one of: id, type, owned_by, "
+        "context_window, max_output_tokens, dims, capabilities, pricing, quality, created, deployments)"
+    )
+
+
+def test_fixture_duplicate_plan() -> None:
+    path, message = _load_error("duplicate_plan.yaml")
+    assert message == f"{path}: plans[2](developer).id: duplicate plan id 'developer'"
+
+
+def test_fixture_default_plan_unknown() -> None:
+    path, message = _load_error("default_plan_unknown.yaml")
+    assert message == f"{path}: default_plan: unknown plan 'gold' (defined: developer, pro)"
+
+
+def test_fixture_not_yaml() -> None:
+    path, message = _load_error("not_yaml.yaml")
+    # The wording of the problem is the YAML parser's (libyaml or pure Python); where it is, is ours.
+    assert message.startswith(f"{path}: not valid YAML: line 6, column 1: "), message
+    assert message.endswith("(while parsing a flow mapping that started at line 5)"), message
+
+
+def test_fixture_duplicate_provider_key() -> None:
+    path, message = _load_error("duplicate_provider_key.yaml")
+    assert message == f"{path}: not valid YAML: line 5, column 3: duplicate key 'acme' (first at line 3)"

@@ -237,3 +237,390 @@ class CatalogService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateKey = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/CreateKey',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/ListKeys',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/GetKey',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyResponse.FromString,
+                _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/UpdateKey',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/RevokeKey',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/RotateKey',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
+        self.CreateProject = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/CreateProject',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectResponse.FromString,
+                _registered_method=True)
+        self.ListProjects = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/ListProjects',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    def CreateKey(self, request, context):
+        """Creates a key; the response is the only place its secret ever appears.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Lists keys in their masked form.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """Returns one key in its masked form.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKey(self, request, context):
+        """Changes the fields present in the request; absent fields stay as they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Revokes a key: it stops working everywhere within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """Replaces a key's secret; the old secret stops working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateProject(self, request, context):
+        """Creates a project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProjects(self, request, context):
+        """Lists projects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyResponse.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'CreateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProject,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectResponse.SerializeToString,
+            ),
+            'ListProjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProjects,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'interlock.catalog.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('interlock.catalog.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/CreateKey',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/ListKeys',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/GetKey',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.GetKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/UpdateKey',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/RevokeKey',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/RotateKey',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/CreateProject',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.CreateProjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/ListProjects',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

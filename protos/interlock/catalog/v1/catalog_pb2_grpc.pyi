@@ -101,3 +101,124 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the key records now (reset = true) and every change after that."""
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminServiceStub:
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreateKeyRequest, _catalog_pb2.CreateKeyResponse]
+    """Creates a key; the response is the only place its secret ever appears."""
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListKeysRequest, _catalog_pb2.ListKeysResponse]
+    """Lists keys in their masked form."""
+    GetKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetKeyRequest, _catalog_pb2.GetKeyResponse]
+    """Returns one key in its masked form."""
+    UpdateKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.UpdateKeyRequest, _catalog_pb2.UpdateKeyResponse]
+    """Changes the fields present in the request; absent fields stay as they are."""
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RevokeKeyRequest, _catalog_pb2.RevokeKeyResponse]
+    """Revokes a key: it stops working everywhere within a second."""
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RotateKeyRequest, _catalog_pb2.RotateKeyResponse]
+    """Replaces a key's secret; the old secret stops working at once."""
+    CreateProject: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreateProjectRequest, _catalog_pb2.CreateProjectResponse]
+    """Creates a project."""
+    ListProjects: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListProjectsRequest, _catalog_pb2.ListProjectsResponse]
+    """Lists projects."""
+
+@_typing.type_check_only
+class AdminServiceAsyncStub(AdminServiceStub):
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreateKeyRequest, _catalog_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """Creates a key; the response is the only place its secret ever appears."""
+    ListKeys: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListKeysRequest, _catalog_pb2.ListKeysResponse]  # type: ignore[assignment]
+    """Lists keys in their masked form."""
+    GetKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetKeyRequest, _catalog_pb2.GetKeyResponse]  # type: ignore[assignment]
+    """Returns one key in its masked form."""
+    UpdateKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.UpdateKeyRequest, _catalog_pb2.UpdateKeyResponse]  # type: ignore[assignment]
+    """Changes the fields present in the request; absent fields stay as they are."""
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RevokeKeyRequest, _catalog_pb2.RevokeKeyResponse]  # type: ignore[assignment]
+    """Revokes a key: it stops working everywhere within a second."""
+    RotateKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RotateKeyRequest, _catalog_pb2.RotateKeyResponse]  # type: ignore[assignment]
+    """Replaces a key's secret; the old secret stops working at once."""
+    CreateProject: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreateProjectRequest, _catalog_pb2.CreateProjectResponse]  # type: ignore[assignment]
+    """Creates a project."""
+    ListProjects: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListProjectsRequest, _catalog_pb2.ListProjectsResponse]  # type: ignore[assignment]
+    """Lists projects."""
+
+class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """AdminService manages projects and API keys. Every call needs the admin key,
+    sent as `authorization: Bearer <key>` or `x-api-key` metadata.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _catalog_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.CreateKeyResponse, _abc.Awaitable[_catalog_pb2.CreateKeyResponse]]:
+        """Creates a key; the response is the only place its secret ever appears."""
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _catalog_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.ListKeysResponse, _abc.Awaitable[_catalog_pb2.ListKeysResponse]]:
+        """Lists keys in their masked form."""
+
+    @_abc_1.abstractmethod
+    def GetKey(
+        self,
+        request: _catalog_pb2.GetKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.GetKeyResponse, _abc.Awaitable[_catalog_pb2.GetKeyResponse]]:
+        """Returns one key in its masked form."""
+
+    @_abc_1.abstractmethod
+    def UpdateKey(
+        self,
+        request: _catalog_pb2.UpdateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.UpdateKeyResponse, _abc.Awaitable[_catalog_pb2.UpdateKeyResponse]]:
+        """Changes the fields present in the request; absent fields stay as they are."""
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _catalog_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.RevokeKeyResponse, _abc.Awaitable[_catalog_pb2.RevokeKeyResponse]]:
+        """Revokes a key: it stops working everywhere within a second."""
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _catalog_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.RotateKeyResponse, _abc.Awaitable[_catalog_pb2.RotateKeyResponse]]:
+        """Replaces a key's secret; the old secret stops working at once."""
+
+    @_abc_1.abstractmethod
+    def CreateProject(
+        self,
+        request: _catalog_pb2.CreateProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.CreateProjectResponse, _abc.Awaitable[_catalog_pb2.CreateProjectResponse]]:
+        """Creates a project."""
+
+    @_abc_1.abstractmethod
+    def ListProjects(
+        self,
+        request: _catalog_pb2.ListProjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.ListProjectsResponse, _abc.Awaitable[_catalog_pb2.ListProjectsResponse]]:
+        """Lists projects."""
+
+def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,419 @@
+"""The KeyStore contract, run against both backends: SQLite in a temporary file and
+PostgreSQL in a throwaway schema on a real server (INTERLOCK_TEST_POSTGRES_URL,
+default postgresql://127.0.0.1:5432/test). PostgreSQL is a required service of the
+suite (.ci/run starts it): without it these tests fail, they do not skip.
+Backend-specific tests follow the contract suite."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from services.catalog.store import DuplicateError, KeyRecord, KeyStore, ProjectRecord
+from services.catalog.store import postgres as pg_store
+from services.catalog.store.postgres import PostgresKeyStore
+from services.catalog.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from services.catalog.store.sqlite import SqliteKeyStore
+
+PG_URL = os.environ.get("INTERLOCK_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+def key(kid: str, **fields: object) -> KeyRecord:
+    values: dict[str, object] = {
+        "name": f"key {kid}",
+        "project": "default",
+        "secret_hash": f"hash-{kid}",
+        "masked": f"{kid[:4]}****",
+        "created_at": 1_700_000_000,
+    }
+    values.update(fields)
+    return KeyRecord(id=kid, **values)  # type: ignore[arg-type]
+
+
+# -- the two backends ------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    open_store: Callable[[], KeyStore]
+    # {table: [column, ...]} for every table the store owns.
+    columns: Callable[[], dict[str, list[str]]]
+    opened: list[KeyStore] = field(default_factory=list)
+
+    def open(self) -> KeyStore:
+        """Another store on the same database, as a second catalog replica would open it."""
+        store = self.open_store()
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test server."""
+    try:
+        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} (start it as .ci/run does): {exc}")
+    with conn:
+        yield conn
+
+
+@pytest.fixture
+def pg_schema(admin: psycopg.Connection) -> Iterator[str]:
+    """A unique schema name, not yet created; dropped with everything in it afterwards."""
+    schema = f"t_{uuid4().hex[:12]}"
+    yield schema
+    admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def sqlite_backend(path: Path) -> Backend:
+    def columns() -> dict[str, list[str]]:
+        with closing(sqlite3.connect(path)) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return {t: [r[1] for r in db.execute("SELECT * FROM pragma_table_info(?)", (t,))] for t in tables}
+
+    return Backend("sqlite", lambda: SqliteKeyStore(path), columns)
+
+
+def postgres_backend(admin: psycopg.Connection, schema: str) -> Backend:
+    def columns() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for table, column in admin.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s", (schema,)
+        ):
+            found.setdefault(table, []).append(column)
+        return found
+
+    return Backend("postgres", lambda: PostgresKeyStore(PG_URL, schema=schema), columns)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        made = sqlite_backend(tmp_path / "keys.db")
+    else:
+        made = postgres_backend(request.getfixturevalue("admin"), request.getfixturevalue("pg_schema"))
+    try:
+        yield made
+    finally:
+        made.close_all()
+
+
+@pytest.fixture
+def store(backend: Backend) -> KeyStore:
+    """A fresh, migrated store."""
+    return backend.open()
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+
+def test_default_project_exists_after_migration(store: KeyStore) -> None:
+    default = store.get_project("default")
+    assert default is not None and default.name == "Default" and default.created_at > 1_600_000_000
+    assert [p.id for p in store.list_projects()] == ["default"]
+
+
+def test_create_get_and_list_projects(store: KeyStore) -> None:
+    store.create_project(ProjectRecord(id="b", name="Bee", created_at=20))
+    store.create_project(ProjectRecord(id="A", name="Upper", created_at=30))
+    store.create_project(ProjectRecord(id="a", name="Ay", created_at=10))
+    assert store.get_project("b") == ProjectRecord(id="b", name="Bee", created_at=20)
+    assert store.get_project("missing") is None
+    # Ordered by id, byte-wise on both backends.
+    assert [p.id for p in store.list_projects()] == ["A", "a", "b", "default"]
+
+
+def test_duplicate_project_is_rejected(store: KeyStore) -> None:
+    store.create_project(ProjectRecord(id="p", name="P", created_at=1))
+    with pytest.raises(DuplicateError):
+        store.create_project(ProjectRecord(id="p", name="other", created_at=2))
+    with pytest.raises(DuplicateError):
+        store.create_project(ProjectRecord(id="default", name="again", created_at=2))
+    assert store.get_project("p") == ProjectRecord(id="p", name="P", created_at=1)
+
+
+def test_key_round_trips_every_field(store: KeyStore) -> None:
+    record = KeyRecord(
+        id="k1", name="full", project="default", secret_hash="h" * 64, masked="0a0e****94c1",
+        models=["demo-chat", "modèle/ü"], plan="pro", requests_per_minute=60, tokens_per_minute=10_000,
+        burst=5, budget_usd=12.5, budget_period="monthly", expires_at=4_000_000_000, revoked=True,
+        created_at=1_700_000_123,
+    )  # fmt: skip
+    store.create_key(record)
+    assert store.get_key("k1") == record
+    assert store.get_key("missing") is None
+
+
+def test_list_keys_filters_by_project_and_revocation(store: KeyStore) -> None:
+    store.create_project(ProjectRecord(id="p2", name="Two", created_at=1))
+    store.create_key(key("k3", created_at=30))
+    store.create_key(key("k1", created_at=10))
+    store.create_key(key("k2", project="p2", created_at=20, revoked=True))
+    store.create_key(key("k0", project="p2", created_at=20))
+    assert [k.id for k in store.list_keys()] == ["k1", "k0", "k2", "k3"]  # by created_at, then id
+    assert [k.id for k in store.list_keys(project="p2")] == ["k0", "k2"]
+    assert [k.id for k in store.list_keys(include_revoked=False)] == ["k1", "k0", "k3"]
+    assert [k.id for k in store.list_keys("p2", include_revoked=False)] == ["k0"]
+    assert store.list_keys(project="nobody") == []
+
+
+def test_duplicate_key_id_or_secret_hash_is_rejected(store: KeyStore) -> None:
+    store.create_key(key("k1", secret_hash="same"))
+    with pytest.raises(DuplicateError):
+        store.create_key(key("k1", secret_hash="different"))
+    with pytest.raises(DuplicateError):
+        store.create_key(key("k2", secret_hash="same"))
+    assert [k.id for k in store.list_keys()] == ["k1"]
+    # An update may not take another key's hash either.
+    store.create_key(key("k3", secret_hash="third"))
+    with pytest.raises(DuplicateError):
+        store.update_key("k3", {"secret_hash": "same"})
+    assert store.get_key("k3") == key("k3", secret_hash="third")
+
+
+def test_update_key_changes_only_the_given_fields(store: KeyStore) -> None:
+    before = key("k1", models=["a"], plan="free", requests_per_minute=10, budget_usd=1.0, budget_period="total")
+    store.create_key(before)
+    changes: dict[str, object] = {
+        "name": "renamed", "models": ["b", "c"], "requests_per_minute": 99, "budget_usd": 7.25,
+        "budget_period": "monthly", "expires_at": 4_100_000_000, "revoked": True,
+        "secret_hash": "new-hash", "masked": "new-****",
+    }  # fmt: skip
+    updated = store.update_key("k1", changes)
+    expected = KeyRecord(**{**before.__dict__, **changes})  # type: ignore[arg-type]
+    assert updated == expected
+    assert store.get_key("k1") == expected
+    assert store.update_key("k1", {"plan": "pro"}) == KeyRecord(**{**expected.__dict__, "plan": "pro"})
+    assert store.update_key("k1", {}) == store.get_key("k1")  # nothing to change: just the record
+
+
+def test_update_key_unknown_id_and_bad_column(store: KeyStore) -> None:
+    assert store.update_key("missing", {"name": "x"}) is None
+    assert store.update_key("missing", {}) is None
+    store.create_key(key("k1"))
+    for column in ("id", "project", "created_at", "name; DROP TABLE api_keys"):
+        with pytest.raises(ValueError, match="not updatable"):
+            store.update_key("k1", {column: "x"})
+    assert store.get_key("k1") == key("k1")
+
+
+def test_version_grows_with_every_write_and_is_shared(backend: Backend, store: KeyStore) -> None:
+    versions = [store.version()]
+
+    def wrote() -> int:
+        versions.append(store.version())
+        assert versions[-1] > versions[-2]
+        return versions[-1]
+
+    store.create_project(ProjectRecord(id="p", name="P", created_at=1))
+    wrote()
+    store.create_key(key("k1"))
+    wrote()
+    store.update_key("k1", {"revoked": True})
+    seen = wrote()
+
+    # Reads and rejected writes leave it alone.
+    store.list_keys()
+    store.get_key("k1")
+    store.list_projects()
+    with pytest.raises(DuplicateError):
+        store.create_key(key("k1"))
+    assert store.version() == seen
+
+    # A second replica on the same database sees the same counter, and each sees the other's writes.
+    other = backend.open()
+    assert other.version() == seen
+    other.create_key(key("k2"))
+    assert store.version() > seen
+    assert store.get_key("k2") == key("k2")
+    store.update_key("k2", {"name": "from the first"})
+    assert other.version() == store.version()
+    assert other.get_key("k2") == key("k2", name="from the first")
+
+
+def test_migrations_are_idempotent(backend: Backend, store: KeyStore) -> None:
+    store.create_key(key("k1"))
+    again = backend.open()
+    third = backend.open()
+    assert [p.id for p in third.list_projects()] == ["default"]
+    assert again.get_key("k1") == key("k1")
+    assert third.version() == store.version()
+
+
+def test_no_column_could_hold_a_secret(backend: Backend, store: KeyStore) -> None:
+    store.create_key(key("k1"))
+    columns = backend.columns()
+    assert {"api_keys", "projects", "changes"} <= set(columns)
+    secretish = [
+        f"{table}.{column}"
+        for table, names in columns.items()
+        for column in names
+        if any(word in column.lower() for word in ("secret", "token", "plain", "key"))
+    ]
+    # tokens_per_minute is a rate limit, not a token.
+    assert sorted(secretish) == ["api_keys.secret_hash", "api_keys.tokens_per_minute"]
+
+
+# -- SQLite only -------------------------------------------------------------------------------
+
+
+def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(SQLITE_MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO api_keys (id, name, project, secret_hash, masked, models, plan, requests_per_minute,"
+            " revoked, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("old", "Old key", "default", "old-hash", "old-****", '["demo-chat"]', "free", 30, 1, 5, 1_600_000_000),
+        )
+    db.close()
+
+    store = SqliteKeyStore(path)
+    try:
+        assert store.get_key("old") == KeyRecord(
+            id="old", name="Old key", project="default", secret_hash="old-hash", masked="old-****",
+            models=["demo-chat"], plan="free", requests_per_minute=30, revoked=True, expires_at=5,
+            created_at=1_600_000_000, tokens_per_minute=0, burst=0, budget_usd=0.0, budget_period="",
+        )  # fmt: skip
+        assert [p.id for p in store.list_projects()] == ["default"]
+        v = store.version()
+        store.update_key("old", {"burst": 3})
+        assert store.version() > v
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
+    db.close()
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------------
+
+
+def backend_pid(store: PostgresKeyStore) -> int:
+    assert store._conn is not None
+    return store._conn.info.backend_pid
+
+
+def kill(admin: psycopg.Connection, pid: int) -> None:
+    assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone() == (True,)
+
+
+def test_postgres_migrations_are_recorded_once(admin: psycopg.Connection, pg_schema: str) -> None:
+    for _ in range(2):
+        PostgresKeyStore(PG_URL, schema=pg_schema).close()
+    rows = admin.execute(
+        sql.SQL("SELECT version, applied_at IS NOT NULL FROM {}.schema_migrations ORDER BY version").format(
+            sql.Identifier(pg_schema)
+        )
+    ).fetchall()
+    assert rows == [(n, True) for n in range(1, len(pg_store.MIGRATIONS) + 1)]
+    # Nothing leaked into the default schema.
+    assert admin.execute("SELECT to_regclass('public.api_keys')").fetchone() == (None,)
+
+
+def test_postgres_replicas_starting_at_once_all_succeed(admin: psycopg.Connection, pg_schema: str) -> None:
+    count = 6
+    start = threading.Barrier(count)
+    stores: list[PostgresKeyStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            stores.append(PostgresKeyStore(PG_URL, schema=pg_schema))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert errors == []
+        assert len(stores) == count
+        assert [p.id for p in stores[0].list_projects()] == ["default"]
+        assert len({s.version() for s in stores}) == 1
+        migrations = admin.execute(
+            sql.SQL("SELECT count(*) FROM {}.schema_migrations").format(sql.Identifier(pg_schema))
+        ).fetchone()
+        assert migrations == (len(pg_store.MIGRATIONS),)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_postgres_reconnects_after_the_backend_is_killed(admin: psycopg.Connection, pg_schema: str) -> None:
+    store = PostgresKeyStore(PG_URL, schema=pg_schema)
+    try:
+        store.create_key(key("k1"))
+        first = backend_pid(store)
+        kill(admin, first)
+        # A read on the dead connection reconnects and retries.
+        assert store.get_key("k1") == key("k1")
+        second = backend_pid(store)
+        assert second != first
+
+        # A write whose connection died while idle fails on BEGIN, before the write is sent:
+        # it is retried on a new connection, and applied (and counted) exactly once.
+        v = store.version()
+        kill(admin, second)
+        store.create_key(key("k2"))
+        assert backend_pid(store) != second
+        assert store.get_key("k2") == key("k2")
+        assert store.version() == v + 1
+    finally:
+        store.close()
+
+
+def test_postgres_never_replays_a_write_that_was_sent(admin: psycopg.Connection, pg_schema: str) -> None:
+    store = PostgresKeyStore(PG_URL, schema=pg_schema)
+    try:
+        v = store.version()
+        # The connection dies in the middle of a write's transaction: the outcome is
+        # the caller's problem, so it is raised rather than retried.
+        with pytest.raises(psycopg.OperationalError):
+            store._write("SELECT pg_terminate_backend(pg_backend_pid())", ())
+        # The next call gets a fresh connection; the rolled-back transaction left no trace.
+        assert store.version() == v
+        assert store.list_keys() == []
+    finally:
+        store.close()
+
+
+def test_postgres_schema_name_is_quoted(admin: psycopg.Connection) -> None:
+    schema = f"T-{uuid4().hex[:8]}; x"
+    try:
+        store = PostgresKeyStore(PG_URL, schema=schema)
+        try:
+            store.create_key(key("k1"))
+            assert store.get_key("k1") == key("k1")
+        finally:
+            store.close()
+        assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (1,)
+    finally:
+        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_postgres_store_refuses_calls_after_close(pg_schema: str) -> None:
+    store = PostgresKeyStore(PG_URL, schema=pg_schema)
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.version()
