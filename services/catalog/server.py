@@ -29,7 +29,7 @@ def open_store(settings: CatalogSettings) -> KeyStore:
     if settings.database_url:
         from services.catalog.store.postgres import PostgresKeyStore  # noqa: PLC0415 - only when configured
 
-        return PostgresKeyStore(settings.database_url)
+        return PostgresKeyStore(settings.database_url, schema=settings.database_schema)
     return SqliteKeyStore(settings.database)
 
 

@@ -20,6 +20,8 @@ class CatalogSettings:
     database: Path
     # postgresql://... to keep projects and keys in PostgreSQL instead.
     database_url: str
+    # PostgreSQL schema holding the tables.
+    database_schema: str
     # Keyed hash of the admin key; empty disables the admin API.
     admin_key_hash: str
     # How often to look for key changes made by other catalog replicas.
@@ -46,6 +48,7 @@ class CatalogSettings:
             config_path=Path(get_str(env, "INTERLOCK_CATALOG_CONFIG", str(DEFAULT_CONFIG))),
             database=Path(get_str(env, "INTERLOCK_CATALOG_DB", str(data_dir / "catalog.db"))),
             database_url=get_str(env, "INTERLOCK_CATALOG_DATABASE_URL", ""),
+            database_schema=get_str(env, "INTERLOCK_CATALOG_DATABASE_SCHEMA", "interlock"),
             # Only the keyed hash is kept: the admin key itself is not held in memory.
             admin_key_hash=keys.hash_secret(admin, pepper.encode())
             if (admin := get_str(env, "INTERLOCK_ADMIN_KEY", ""))
