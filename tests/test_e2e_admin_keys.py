@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -194,3 +195,16 @@ def test_projects_list_and_duplicates(stack: Stack) -> None:
     assert again.status_code == 409 and again.json()["error"]["code"] == "project_exists"
     ids = {p["id"] for p in admin(stack, "GET", "/projects").json()["projects"]}
     assert {"default", "dup-test"} <= ids
+
+
+def test_expired_key_stops_working(stack: Stack) -> None:
+    expires = datetime.now(UTC) + timedelta(seconds=2)
+    created = admin(stack, "POST", "/keys", json={"name": "short-lived", "expires_at": expires.isoformat()}).json()
+    assert created["api_key"]["expires_at"].startswith(expires.strftime("%Y-%m-%dT%H:%M:%S"))
+    deadline = time.monotonic() + 2
+    while chat(stack.url, created["key"]).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.1)
+    expired = chat(stack.url, created["key"])
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]

@@ -77,11 +77,12 @@ def _secret_file(path: Path) -> str:
     return value
 
 
-def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[Child], str]:
+def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[Child], str, str]:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pepper = environ.get("INTERLOCK_KEY_PEPPER") or _secret_file(data_dir / "secrets" / "key_pepper")
     api_key = environ.get("INTERLOCK_API_KEY") or keys.new_secret()
+    admin_key = environ.get("INTERLOCK_ADMIN_KEY") or keys.new_secret()
     ports = {name: _free_port() for name in ("catalog", "router", "ratelimit", "usage")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     base = {
@@ -94,8 +95,15 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
         "INTERLOCK_USAGE_ADDR": addr["usage"],
         "PYTHONUNBUFFERED": "1",
     }
+    # Secrets go only to the process that needs them.
     base.pop("INTERLOCK_API_KEY", None)
-    catalog_env = {**base, "INTERLOCK_CATALOG_LISTEN": addr["catalog"], "INTERLOCK_BOOTSTRAP_KEY": api_key}
+    base.pop("INTERLOCK_ADMIN_KEY", None)
+    catalog_env = {
+        **base,
+        "INTERLOCK_CATALOG_LISTEN": addr["catalog"],
+        "INTERLOCK_BOOTSTRAP_KEY": api_key,
+        "INTERLOCK_ADMIN_KEY": admin_key,
+    }
     if options.config is not None:
         catalog_env["INTERLOCK_CATALOG_CONFIG"] = str(options.config.resolve())
     children = [
@@ -115,7 +123,7 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
             None,
         ),
     ]
-    return children, api_key
+    return children, api_key, admin_key
 
 
 def _spawn(child: Child) -> None:
@@ -188,7 +196,7 @@ def _say(text: str) -> None:
 
 
 def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
-    children, api_key = plan_children(options, os.environ if environ is None else environ)
+    children, api_key, admin_key = plan_children(options, os.environ if environ is None else environ)
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -212,6 +220,7 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
     _write_stack_file(options, children)
     _say(f"ready at {url}")
     _say(f"API key: {api_key}")
+    _say(f"admin key (for /v1/keys, /v1/projects and `interlock keys`): {admin_key}")
     _say(
         f"try: curl -s {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
         """-H 'Content-Type: application/json' -d '{"model":"demo-chat","messages":[{"role":"user","content":"hi"}]}'"""

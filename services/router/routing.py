@@ -85,7 +85,8 @@ class Planner:
                 code="provider_unavailable",
                 http_status=503,
             )
-        return Plan(model=candidates[0], targets=available, reason=reason)
+        # The first target that will really be tried decides the context window to check.
+        return Plan(model=available[0].model, targets=available, reason=reason)
 
     def _targets(self, model: cpb.Model) -> list[Target]:
         deployments = sorted(model.deployments, key=lambda d: (d.priority, -d.weight))

@@ -83,6 +83,7 @@ class Stack:
             except httpx.HTTPError:
                 time.sleep(0.1)
         process.kill()
+        process.wait()
         raise RuntimeError(f"extra edge did not start:\n{log_path.read_text()}")
 
     def count_events(self, **filters: str) -> int:
@@ -149,6 +150,7 @@ def start_stack(
                 pass
         time.sleep(0.1)
     process.kill()
+    process.wait()
     raise RuntimeError(f"stack did not start within {STARTUP_SECONDS}s:\n{log_path.read_text()}")
 
 
