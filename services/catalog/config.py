@@ -35,7 +35,7 @@ PROFILE_STRATEGIES = ("fast", "quality", "cheap")
 
 # The keys each mapping may hold; anything else is refused as a likely typo.
 TOP_LEVEL_KEYS: Final = ("taken_at", "providers", "models", "profiles", "plans", "default_plan")
-PROVIDER_KEYS: Final = ("kind", "base_url", "api_key_env", "headers", "timeout_seconds")
+PROVIDER_KEYS: Final = ("kind", "base_url", "api_key_env", "headers", "timeout_seconds", "api_version")
 MODEL_KEYS: Final = (
     "id",
     "type",
@@ -48,6 +48,7 @@ MODEL_KEYS: Final = (
     "quality",
     "created",
     "deployments",
+    "hedging",
 )
 PRICING_KEYS: Final = ("input", "output")
 DEPLOYMENT_KEYS: Final = ("provider", "model", "weight", "priority")
@@ -185,6 +186,13 @@ class _Reader:
         return value
 
 
+def _boolean(r: _Reader, node: Mapping[str, Any], key: str, path: str) -> bool:
+    value = node.get(key, False)
+    if not isinstance(value, bool):
+        raise r.fail(f"{path}.{key}", "must be true or false")
+    return value
+
+
 def load_catalog(path: Path, env: Mapping[str, str]) -> Catalog:
     """Read and validate a catalog file; env tells which provider keys are set."""
     try:
@@ -241,8 +249,14 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise r.fail(f"{path}.headers.{name}", "must be a string")
             headers[name] = str(value)
+        api_version = node.get("api_version", "")
+        if not isinstance(api_version, str) or (kind == "azure" and not api_version):
+            raise r.fail(f"{path}.api_version", "is required for azure providers (such as 2024-10-21)")
+        if api_version and kind != "azure":
+            raise r.fail(f"{path}.api_version", "is only for azure providers")
         providers[pid] = pb.Provider(
             id=pid,
+            api_version=api_version,
             kind=PROVIDER_KINDS[kind],
             base_url=base_url.rstrip("/"),
             api_key_env=key_env,
@@ -281,6 +295,7 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
             ),
             created=r.integer(node, "created", path, 1_700_000_000),
             quality=r.integer(node, "quality", path, 0, _INT32_MAX),
+            hedging=_boolean(r, node, "hedging", path),
         )
         for j, dep_raw in enumerate(deployments):
             dpath = f"{path}.deployments[{j}]"

@@ -213,14 +213,26 @@ BAD_DOCS = [
     pytest.param(
         lambda d: d["providers"]["acme"].update(base_ulr="https://x"),
         "providers.acme.base_ulr",
-        "unknown key (expected one of: kind, base_url, api_key_env, headers, timeout_seconds)",
+        "unknown key (expected one of: kind, base_url, api_key_env, headers, timeout_seconds, api_version)",
         id="provider-unknown-key",
     ),
     pytest.param(
         lambda d: d["providers"]["acme"].update(api_version="2024-10-21"),
         "providers.acme.api_version",
-        "unknown key",
-        id="provider-api-version-not-yet",
+        "is only for azure providers",
+        id="provider-api-version-not-azure",
+    ),
+    pytest.param(
+        lambda d: d["providers"]["acme"].update(kind="azure"),
+        "providers.acme.api_version",
+        "is required for azure providers",
+        id="azure-without-api-version",
+    ),
+    pytest.param(
+        lambda d: d["models"][0].update(hedging="yes"),
+        "models[0](local).hedging",
+        "must be true or false",
+        id="hedging-not-bool",
     ),
     pytest.param(
         lambda d: d["models"][0]["pricing"].update(cached_input=0.01),

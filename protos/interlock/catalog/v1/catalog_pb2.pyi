@@ -106,6 +106,7 @@ class Provider(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___ProviderKind.ValueType
     base_url: _builtins.str
@@ -117,6 +118,8 @@ class Provider(_message.Message):
     """Per-attempt upstream timeout in seconds."""
     available: _builtins.bool
     """False when the provider needs a key and the key variable is unset."""
+    api_version: _builtins.str
+    """Azure OpenAI's api-version query parameter, such as 2024-10-21."""
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra HTTP headers sent with every upstream request."""
@@ -131,10 +134,11 @@ class Provider(_message.Message):
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.float = ...,
         available: _builtins.bool = ...,
+        api_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "available", b"available", "base_url", b"base_url", "headers", b"headers", "id", b"id", "kind", b"kind", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "api_version", b"api_version", "available", b"available", "base_url", b"base_url", "headers", b"headers", "id", b"id", "kind", b"kind", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,6 +223,7 @@ class Model(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
+    HEDGING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: Global___ModelType.ValueType
     owned_by: _builtins.str
@@ -237,6 +242,10 @@ class Model(_message.Message):
     """Relative quality tier used by router:quality; higher is better."""
     available: _builtins.bool
     """False when no deployment of the model has an available provider."""
+    hedging: _builtins.bool
+    """When a request's latency_budget_ms passes without a first byte, also ask
+    the next candidate and keep whichever answers first.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -265,10 +274,11 @@ class Model(_message.Message):
         candidates: _abc.Iterable[_builtins.str] | None = ...,
         quality: _builtins.int = ...,
         available: _builtins.bool = ...,
+        hedging: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "candidates", b"candidates", "capabilities", b"capabilities", "context_window", b"context_window", "created", b"created", "deployments", b"deployments", "dims", b"dims", "id", b"id", "max_output_tokens", b"max_output_tokens", "owned_by", b"owned_by", "pricing", b"pricing", "provider", b"provider", "quality", b"quality", "strategy", b"strategy", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "candidates", b"candidates", "capabilities", b"capabilities", "context_window", b"context_window", "created", b"created", "deployments", b"deployments", "dims", b"dims", "hedging", b"hedging", "id", b"id", "max_output_tokens", b"max_output_tokens", "owned_by", b"owned_by", "pricing", b"pricing", "provider", b"provider", "quality", b"quality", "strategy", b"strategy", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

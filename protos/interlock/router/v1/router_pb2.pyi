@@ -572,6 +572,7 @@ class Usage(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     total_tokens: _builtins.int
@@ -582,6 +583,8 @@ class Usage(_message.Message):
     """Total time the router spent on the request."""
     reasoning_tokens: _builtins.int
     """Reasoning tokens included in completion_tokens."""
+    cache_write_tokens: _builtins.int
+    """Prompt tokens written to a provider cache (Anthropic's cache_creation_input_tokens)."""
     def __init__(
         self,
         *,
@@ -592,10 +595,11 @@ class Usage(_message.Message):
         cost_usd: _builtins.float = ...,
         latency_ms: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "latency_ms", b"latency_ms", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "latency_ms", b"latency_ms", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
