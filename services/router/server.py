@@ -5,14 +5,11 @@ from __future__ import annotations
 import grpc
 import httpx
 
-from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2, router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
-from services.router.providers.base import ProviderAdapter
-from services.router.providers.demo import DemoProvider
-from services.router.providers.openai import OpenAIProvider
+from services.router.providers.registry import build_adapters
 from services.router.routing import Planner
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
@@ -40,10 +37,7 @@ async def build_server(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
         timeout=httpx.Timeout(60.0, connect=5.0),
     )
-    adapters: dict[int, ProviderAdapter] = {
-        cpb.PROVIDER_KIND_DEMO: DemoProvider(settings.demo_token_delay_ms / 1000),
-        cpb.PROVIDER_KIND_OPENAI: OpenAIProvider(http, settings.provider_env),
-    }
+    adapters = build_adapters(http, settings.provider_env, settings.demo_token_delay_ms / 1000)
     emitter = UsageEmitter(usage_channel, settings.usage_batch_size, settings.usage_flush_seconds)
     emitter.start()
     servicer = RouterServicer(Planner(cache, supported_kinds=set(adapters)), adapters, emitter, clock)
