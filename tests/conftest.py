@@ -48,11 +48,11 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
                 "timeout_seconds": 10,
             },
             "dead": {"kind": "openai", "base_url": dead, "timeout_seconds": 2},
+            # Same fake, own breaker: for the test whose Retry-After keeps its deployment away.
+            "fakeb": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY"},
             "slow": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY",
                      "timeout_seconds": 0.5},
             "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key_env": "INTERLOCK_TEST_NEVER_SET"},
-            # Configured and keyed, but of a kind this router has no adapter for yet.
-            "anth": {"kind": "anthropic", "base_url": fake.base_url, "api_key_env": "FAKE_UPSTREAM_KEY"},
         },
         "models": [
             {**chat, "id": "demo-chat", "context_window": 8192, "pricing": {"input": 0.1, "output": 0.4},
@@ -68,9 +68,9 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
             {"id": "fake-embed", "type": "embedding", "dims": 8,
              "deployments": [{"provider": "fake", "model": "fake-embed"}]},
             {**chat, "id": "dead-chat", "deployments": [{"provider": "dead", "model": "x"}]},
+            {**chat, "id": "fakeb-chat", "deployments": [{"provider": "fakeb", "model": "fake-model"}]},
             {**chat, "id": "slow-chat", "deployments": [{"provider": "slow", "model": "fake-model"}]},
             {**chat, "id": "nokey-chat", "deployments": [{"provider": "nokey", "model": "x"}]},
-            {**chat, "id": "anth-chat", "deployments": [{"provider": "anth", "model": "claude-x"}]},
         ],
         "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],
     }  # fmt: skip
@@ -88,6 +88,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -
             "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
             "INTERLOCK_DEMO_TOKEN_DELAY_MS": str(DEMO_TOKEN_DELAY_MS),
             "INTERLOCK_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+            # Shared by many tests: keep failures from one test out of the next. The breaker and
+            # backoff have their own tests with their own stacks.
+            "INTERLOCK_ROUTER_BREAKER_FAILURES": "1000",
+            "INTERLOCK_ROUTER_BACKOFF_BASE_MS": "5",
+            "INTERLOCK_ROUTER_BACKOFF_MAX_MS": "20",
         },
     )
     yield running

@@ -42,7 +42,7 @@ def test_one_event_per_request_that_reached_the_router(stack: Stack, upstream: F
         assert response.headers["x-request-id"] == rid
         reached.append(rid)
     failed = _rid()
-    upstream.fail_next(500)
+    upstream.fail_next(500, times=20)  # outlasts every retry
     assert _post(stack, failed, "/chat/completions", {"model": "fake-chat", "messages": HI}).status_code == 502
     reached.append(failed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import httpx
 
@@ -9,10 +11,14 @@ from interlock.router.v1 import router_pb2, router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
+from services.router import tokens
+from services.router.attempts import AttemptRunner, RetryPolicy
+from services.router.breaker import CircuitBreakers
 from services.router.providers.registry import build_adapters
 from services.router.routing import Planner
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
+from services.router.stats import LatencyStats
 from services.router.usage_emitter import UsageEmitter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -27,6 +33,8 @@ async def build_server(
 ) -> GrpcService:
     """Wire the router; transport lets tests hand httpx a different real transport."""
     clock = clock or SystemClock()
+    # Load the tokenizer data now, so no request pays for it.
+    await asyncio.to_thread(tokens.warm_up)
     catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
     usage_channel = grpc.aio.insecure_channel(settings.usage_addr)
     cache = CatalogCache(catalog_channel, watch_keys=False)
@@ -40,7 +48,19 @@ async def build_server(
     adapters = build_adapters(http, settings.provider_env, settings.demo_token_delay_ms / 1000)
     emitter = UsageEmitter(usage_channel, settings.usage_batch_size, settings.usage_flush_seconds)
     emitter.start()
-    servicer = RouterServicer(Planner(cache, supported_kinds=set(adapters)), adapters, emitter, clock)
+    stats = LatencyStats()
+    breakers = CircuitBreakers(clock, settings.breaker_failures, settings.breaker_cooldown_seconds)
+    planner = Planner(
+        cache, supported_kinds=set(adapters), stats=stats, breakers=breakers, explore_rate=settings.explore_rate
+    )
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        deadline_seconds=settings.deadline_seconds,
+        backoff_base_seconds=settings.backoff_base_seconds,
+        backoff_max_seconds=settings.backoff_max_seconds,
+    )
+    runner = AttemptRunner(adapters, breakers, stats, policy, clock)
+    servicer = RouterServicer(planner, runner, breakers, emitter, clock)
     service = create_server(
         settings.listen, [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)]
     )

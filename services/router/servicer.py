@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -13,11 +13,13 @@ from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
 from services.common.clock import Clock
-from services.common.errors import InterlockError, InvalidRequestError, UpstreamError
+from services.common.errors import InvalidRequestError, UpstreamError
 from services.router import tokens
+from services.router.attempts import AttemptRunner, single
+from services.router.breaker import CircuitBreakers
 from services.router.ledger import Recorder
 from services.router.providers.base import ProviderAdapter, Target
-from services.router.routing import Plan, Planner, cost_usd
+from services.router.routing import Demand, Plan, Planner, cost_usd, deployment_key
 from services.router.usage_emitter import UsageEmitter
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,82 +34,28 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self,
         planner: Planner,
-        adapters: Mapping[int, ProviderAdapter],
+        runner: AttemptRunner,
+        breakers: CircuitBreakers,
         emitter: UsageEmitter,
         clock: Clock,
     ) -> None:
         self._planner = planner
-        self._adapters = adapters
+        self._runner = runner
+        self._breakers = breakers
         self._emitter = emitter
         self._clock = clock
 
-    # ------------------------------------------------------------ attempts
-
-    def _adapter(self, target: Target) -> ProviderAdapter:
-        return self._adapters[target.provider.kind]
-
-    def _attempt(self, decision: pb.RoutingDecision, target: Target, outcome: str, started: float) -> None:
-        decision.attempts.add(
-            provider=target.provider.id,
-            model=target.model.id,
-            outcome=outcome,
-            latency_ms=int((self._clock.monotonic() - started) * 1000),
+    def _plan(self, spec: Spec) -> Plan:
+        sampling = spec.sampling
+        demand = Demand(
+            prompt_tokens=spec.prompt_tokens or 0,
+            max_output_tokens=sampling.max_completion_tokens or sampling.max_tokens,
+            stream=spec.stream,
         )
-        decision.provider = target.provider.id
-        decision.model = target.model.id
-        decision.deployment = target.deployment.upstream_model
-
-    async def _unary(
-        self, plan: Plan, rec: Recorder, call: Callable[[ProviderAdapter, Target], Awaitable[R]]
-    ) -> tuple[R, Target, pb.RoutingDecision]:
-        decision = pb.RoutingDecision(reason=plan.reason)
-        last: InterlockError | None = None
-        try:
-            for target in plan.targets:
-                started = self._clock.monotonic()
-                try:
-                    result = await call(self._adapter(target), target)
-                except UpstreamError as exc:
-                    self._attempt(decision, target, exc.code, started)
-                    last = exc
-                    continue
-                except InterlockError as exc:
-                    self._attempt(decision, target, exc.code, started)
-                    raise
-                self._attempt(decision, target, "ok", started)
-                return result, target, decision
-            assert last is not None  # plan.targets is never empty
-            raise last
-        finally:
-            rec.routed(decision)
-
-    async def _open_stream(
-        self, plan: Plan, rec: Recorder, open_stream: Callable[[ProviderAdapter, Target], AsyncIterator[R]]
-    ) -> tuple[R, AsyncIterator[R], Target, pb.RoutingDecision]:
-        """Open the first target that produces a first item; later ones only if earlier fail before it."""
-        decision = pb.RoutingDecision(reason=plan.reason)
-        last: InterlockError | None = None
-        try:
-            for target in plan.targets:
-                started = self._clock.monotonic()
-                stream = open_stream(self._adapter(target), target)
-                try:
-                    first = await anext(stream)
-                except (UpstreamError, StopAsyncIteration) as exc:
-                    await stream.aclose()  # type: ignore[attr-defined]
-                    error = exc if isinstance(exc, UpstreamError) else UpstreamError("provider sent an empty stream")
-                    self._attempt(decision, target, error.code, started)
-                    last = error
-                    continue
-                except InterlockError as exc:
-                    self._attempt(decision, target, exc.code, started)
-                    raise
-                self._attempt(decision, target, "ok", started)
-                return first, stream, target, decision
-            assert last is not None
-            raise last
-        finally:
-            rec.routed(decision)
+        plan = self._planner.plan(spec.model, spec.types, spec.route, demand)
+        if spec.prompt_tokens is not None:
+            self._check_context(plan.model, spec.prompt_tokens, sampling)
+        return plan
 
     def _check_context(self, model: cpb.Model, prompt_tokens: int, sampling: pb.Sampling) -> None:
         wanted = sampling.max_completion_tokens or sampling.max_tokens
@@ -127,46 +75,65 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # ------------------------------------------------------------ the two request shapes
 
-    async def _serve_unary(self, spec: Spec, call: Callable[[ProviderAdapter, Target], Awaitable[R]]) -> R:
+    async def _serve_unary(
+        self, spec: Spec, context: Context, call: Callable[[ProviderAdapter, Target], Awaitable[R]]
+    ) -> R:
         """Plan, try targets, settle usage and record exactly one usage event."""
         rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=False)
+        decision = pb.RoutingDecision()
         error: BaseException | None = None
         try:
-            plan = self._planner.plan(spec.model, spec.types, spec.route)
-            if spec.prompt_tokens is not None:
-                self._check_context(plan.model, spec.prompt_tokens, spec.sampling)
-            response, target, decision = await self._unary(plan, rec, call)
-            answer = cast(_Answer, response)
-            answer.model = answer.model or target.model.id
-            self._settle(answer.usage, target.model, rec)
+            plan = self._plan(spec)
+            decision.reason = plan.reason
+            opened = await self._runner.open(
+                plan,
+                decision,
+                lambda a, t: single(lambda: call(a, t)),
+                first_token=False,
+                time_left=context.time_remaining() if context is not None else None,
+            )
+            await opened.rest.aclose()
+            answer = cast(_Answer, opened.first)
+            answer.model = answer.model or opened.target.model.id
+            self._settle(answer.usage, opened.target.model, rec)
             answer.routing_decision.CopyFrom(decision)
-            return response
+            return opened.first
         except BaseException as exc:
             error = exc
             raise
         finally:
+            rec.routed(decision)
             self._emitter.emit(rec.finish(error))
 
     async def _serve_stream(
         self,
         spec: Spec,
-        open_stream: Callable[[ProviderAdapter, Target], AsyncIterator[C]],
+        context: Context,
+        open_stream: Callable[[ProviderAdapter, Target], AsyncGenerator[C, None]],
         texts: Callable[[C], list[str]],
         usage_chunk: Callable[[C, pb.RoutingDecision, pb.Usage], C],
     ) -> AsyncGenerator[C, None]:
         """Relay chunks as they come; failover only before the first one. The last
         chunk always carries usage (counted here if the provider sent none)."""
         rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=True)
+        decision = pb.RoutingDecision()
         error: BaseException | None = None
+        target: Target | None = None
         try:
-            plan = self._planner.plan(spec.model, spec.types, spec.route)
-            prompt_tokens = spec.prompt_tokens or 0
-            self._check_context(plan.model, prompt_tokens, spec.sampling)
-            first, stream, target, decision = await self._open_stream(plan, rec, open_stream)
+            plan = self._plan(spec)
+            decision.reason = plan.reason
+            opened = await self._runner.open(
+                plan,
+                decision,
+                open_stream,
+                first_token=True,
+                time_left=context.time_remaining() if context is not None else None,
+            )
+            first, target = opened.first, opened.target
             cast(_Answer, first).routing_decision.CopyFrom(decision)
             streamed: list[str] = []
             usage_seen = False
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async with contextlib.aclosing(opened.rest):
                 chunk: C | None = first
                 while chunk is not None:
                     answer = cast(_Answer, chunk)
@@ -180,44 +147,65 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         self._settle(answer.usage, target.model, rec)
                         answer.routing_decision.CopyFrom(decision)
                     yield chunk
-                    chunk = await anext(stream, None)
+                    chunk = await anext(opened.rest, None)
             if not usage_seen:
                 # The provider ignored include_usage: count what was streamed so the ledger stays whole.
-                usage = pb.Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens.count_text("".join(streamed)))
+                usage = pb.Usage(
+                    prompt_tokens=spec.prompt_tokens or 0, completion_tokens=tokens.count_text("".join(streamed))
+                )
                 self._settle(usage, target.model, rec)
                 yield usage_chunk(first, decision, usage)
         except BaseException as exc:
             error = exc
+            if isinstance(exc, UpstreamError) and target is not None:
+                # Failed after its first byte: too late to fail over, but the breaker should know.
+                self._breakers.failure(deployment_key(target), exc.retry_after)
             raise
         finally:
+            rec.routed(decision)
             self._emitter.emit(rec.finish(error))
 
     # ------------------------------------------------------------ the RPCs
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages))
-        return await self._serve_unary(spec, lambda a, t: a.chat(request, t))
+        spec = Spec.of(
+            request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages, request.model)
+        )
+        return await self._serve_unary(spec, context, lambda a, t: a.chat(request, t))
 
     async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
         request = wrapped.request
-        spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages))
-        chunks = self._serve_stream(spec, lambda a, t: a.chat_stream(request, t), _chat_texts, _chat_usage_chunk)
+        spec = Spec.of(
+            request,
+            "/v1/chat/completions",
+            CHAT_TYPES,
+            tokens.count_messages(request.messages, request.model),
+            stream=True,
+        )
+        chunks = self._serve_stream(
+            spec, context, lambda a, t: _as_generator(a.chat_stream(request, t)), _chat_texts, _chat_usage_chunk
+        )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield pb.ChatStreamResponse(chunk=chunk)
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
-        prompt_tokens = max((tokens.count_text(p) for p in request.prompts), default=0)
+        prompt_tokens = max((tokens.count_prompt_text(p, request.model) for p in request.prompts), default=0)
         spec = Spec.of(request, "/v1/completions", COMPLETION_TYPES, prompt_tokens)
-        return await self._serve_unary(spec, lambda a, t: a.complete(request, t))
+        return await self._serve_unary(spec, context, lambda a, t: a.complete(request, t))
 
     async def CompleteStream(
         self, wrapped: pb.CompleteStreamRequest, context: Context
     ) -> AsyncIterator[pb.CompleteStreamResponse]:
         request = wrapped.request
-        spec = Spec.of(request, "/v1/completions", COMPLETION_TYPES, sum(tokens.count_text(p) for p in request.prompts))
+        prompt_tokens = sum(tokens.count_prompt_text(p, request.model) for p in request.prompts)
+        spec = Spec.of(request, "/v1/completions", COMPLETION_TYPES, prompt_tokens, stream=True)
         chunks = self._serve_stream(
-            spec, lambda a, t: a.complete_stream(request, t), _completion_texts, _completion_usage_chunk
+            spec,
+            context,
+            lambda a, t: _as_generator(a.complete_stream(request, t)),
+            _completion_texts,
+            _completion_usage_chunk,
         )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
@@ -225,7 +213,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         spec = Spec.of(request, "/v1/embeddings", EMBEDDING_TYPES, None)
-        return await self._serve_unary(spec, lambda a, t: a.embed(request, t))
+        return await self._serve_unary(spec, context, lambda a, t: a.embed(request, t))
 
 
 @dataclass(frozen=True)
@@ -240,11 +228,14 @@ class Spec:
     types: Collection[int]
     # Counted prompt tokens, for the context-window check; None skips it.
     prompt_tokens: int | None
+    stream: bool = False
 
     @classmethod
-    def of(cls, request: _Routed, endpoint: str, types: Collection[int], prompt_tokens: int | None) -> Spec:
+    def of(
+        cls, request: _Routed, endpoint: str, types: Collection[int], prompt_tokens: int | None, *, stream: bool = False
+    ) -> Spec:
         sampling = getattr(request, "sampling", None) or pb.Sampling()
-        return cls(request.caller, request.model, request.route, sampling, endpoint, types, prompt_tokens)
+        return cls(request.caller, request.model, request.route, sampling, endpoint, types, prompt_tokens, stream)
 
 
 class _Routed(Protocol):
@@ -286,3 +277,10 @@ def _completion_usage_chunk(
     return pb.CompleteResponse(
         id=first.id, created=first.created, model=first.model, routing_decision=decision, usage=usage
     )
+
+
+async def _as_generator(stream: AsyncIterator[C]) -> AsyncGenerator[C, None]:
+    """An adapter's stream as a generator the engine can close (closing it closes the upstream call)."""
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for item in stream:
+            yield item

@@ -18,6 +18,16 @@ class RouterSettings:
     # Usage events are sent in batches of at most this many, at least this often.
     usage_batch_size: int
     usage_flush_seconds: float
+    # Failover: attempts per request, the time to a first byte over all of them, and the backoff between.
+    max_attempts: int
+    deadline_seconds: float
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    # Circuit breaker: consecutive failures that open it, and how long it stays open.
+    breaker_failures: int
+    breaker_cooldown_seconds: float
+    # Share of router:fast requests sent to a random candidate to keep measuring all of them.
+    explore_rate: float
     # Provider API keys are read from here by the variable names the catalog names.
     provider_env: Mapping[str, str]
     grace_seconds: float
@@ -32,6 +42,13 @@ class RouterSettings:
             demo_token_delay_ms=get_float(env, "INTERLOCK_DEMO_TOKEN_DELAY_MS", 20.0),
             usage_batch_size=get_int(env, "INTERLOCK_USAGE_BATCH_SIZE", 200),
             usage_flush_seconds=get_float(env, "INTERLOCK_USAGE_FLUSH_SECONDS", 0.05),
+            max_attempts=get_int(env, "INTERLOCK_ROUTER_MAX_ATTEMPTS", 4),
+            deadline_seconds=get_float(env, "INTERLOCK_ROUTER_DEADLINE_SECONDS", 120.0),
+            backoff_base_seconds=get_float(env, "INTERLOCK_ROUTER_BACKOFF_BASE_MS", 50.0) / 1000,
+            backoff_max_seconds=get_float(env, "INTERLOCK_ROUTER_BACKOFF_MAX_MS", 2000.0) / 1000,
+            breaker_failures=get_int(env, "INTERLOCK_ROUTER_BREAKER_FAILURES", 5),
+            breaker_cooldown_seconds=get_float(env, "INTERLOCK_ROUTER_BREAKER_COOLDOWN_SECONDS", 10.0),
+            explore_rate=get_float(env, "INTERLOCK_ROUTER_EXPLORE_RATE", 0.05),
             provider_env=dict(env),
             grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
             log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),

@@ -63,25 +63,39 @@ def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
 
 
 class OpenAIProvider:
+    """OpenAI's wire protocol. Providers that speak it under other URLs or auth
+    (Azure OpenAI) override `_url` and `_auth_headers`."""
+
     def __init__(self, client: httpx.AsyncClient, env: Mapping[str, str]) -> None:
         self._client = client
         self._env = env
 
+    def _api_key(self, target: Target) -> str | None:
+        """The provider's key from the environment; None when it needs none."""
+        if not target.provider.api_key_env:
+            return None
+        key = self._env.get(target.provider.api_key_env)
+        if not key:
+            raise UpstreamError(
+                f"provider {target.provider.id} is not configured: set {target.provider.api_key_env}",
+                code="provider_unavailable",
+                http_status=503,
+            )
+        return key
+
+    def _url(self, target: Target, path: str) -> str:
+        """Where an endpoint (`path`: "/chat/completions", "/completions", "/embeddings") lives."""
+        return f"{target.provider.base_url}{path}"
+
+    def _auth_headers(self, target: Target) -> dict[str, str]:
+        key = self._api_key(target)
+        return {"Authorization": f"Bearer {key}"} if key is not None else {}
+
     def _headers(self, target: Target) -> dict[str, str]:
-        headers = dict(target.provider.headers)
-        if target.provider.api_key_env:
-            key = self._env.get(target.provider.api_key_env)
-            if not key:
-                raise UpstreamError(
-                    f"provider {target.provider.id} is not configured: set {target.provider.api_key_env}",
-                    code="provider_unavailable",
-                    http_status=503,
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {**target.provider.headers, **self._auth_headers(target)}
 
     async def _post(self, target: Target, path: str, body: dict[str, Any]) -> Any:
-        url = f"{target.provider.base_url}{path}"
+        url = self._url(target, path)
         try:
             response = await self._client.post(
                 url, content=orjson.dumps(body), headers={**self._headers(target), "Content-Type": "application/json"},
@@ -103,7 +117,7 @@ class OpenAIProvider:
     async def _stream(
         self, target: Target, path: str, body: dict[str, Any], parse: Callable[[Any], T]
     ) -> AsyncIterator[T]:
-        url = f"{target.provider.base_url}{path}"
+        url = self._url(target, path)
         request = self._client.build_request(
             "POST", url, content=orjson.dumps(body),
             headers={**self._headers(target), "Content-Type": "application/json", "Accept": "text/event-stream"},
