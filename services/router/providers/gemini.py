@@ -469,6 +469,8 @@ def usage_from_gemini(meta: object) -> pb.Usage:
 
 
 def finish_from_gemini(reason: object, called: bool) -> pb.FinishReason.ValueType:
+    """MAX_TOKENS -> length; the safety/recitation family -> content_filter; an answer with
+    function calls -> tool_calls; STOP and the rest (OTHER, LANGUAGE, MALFORMED_FUNCTION_CALL, ...) -> stop."""
     if reason == "MAX_TOKENS":
         return pb.FINISH_REASON_LENGTH
     if reason in _CONTENT_FILTER:
