@@ -185,3 +185,13 @@ def test_upstream_timeout_is_a_504(stack: Stack, upstream: FakeOpenAI) -> None:
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "provider_timeout"
     assert response.json()["error"]["type"] == "upstream_error"
+
+
+def test_image_parts_reach_the_provider_unchanged(client: openai.OpenAI, upstream: FakeOpenAI) -> None:
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+    ]
+    reply = client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": parts}])
+    assert reply.choices[0].message.content == "Echo: what is this?"
+    assert upstream.requests[-1]["json"]["messages"][0]["content"] == parts
