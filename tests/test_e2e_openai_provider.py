@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -192,6 +193,7 @@ def test_image_parts_reach_the_provider_unchanged(client: openai.OpenAI, upstrea
         {"type": "text", "text": "what is this?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
     ]
-    reply = client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": parts}])
+    messages: Any = [{"role": "user", "content": parts}]
+    reply = client.chat.completions.create(model="fake-chat", messages=messages)
     assert reply.choices[0].message.content == "Echo: what is this?"
     assert upstream.requests[-1]["json"]["messages"][0]["content"] == parts
