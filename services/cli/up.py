@@ -188,7 +188,10 @@ def _write_stack_file(options: UpOptions, children: list[Child]) -> None:
         "pids": {c.name: c.process.pid for c in children if c.process is not None},
     }
     path = options.data_dir.resolve() / "stack.json"
-    path.write_text(json.dumps(stack, indent=2) + "\n")
+    # Replace, never rewrite in place: a reader must not catch a half-written file.
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(stack, indent=2) + "\n")
+    os.replace(scratch, path)
 
 
 def _say(text: str) -> None:
