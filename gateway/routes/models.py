@@ -45,6 +45,10 @@ def model_to_json(model: cpb.Model) -> dict[str, Any]:
         "output": model.pricing.output_per_million,
         "unit": "usd_per_million_tokens",
     }
+    if model.pricing.cached_input_per_million:
+        out["pricing"]["cached_input"] = model.pricing.cached_input_per_million
+    if model.pricing.cache_write_per_million:
+        out["pricing"]["cache_write"] = model.pricing.cache_write_per_million
     if model.type == cpb.MODEL_TYPE_EMBEDDING:
         out["dims"] = model.dims
     return out

@@ -50,7 +50,7 @@ MODEL_KEYS: Final = (
     "deployments",
     "hedging",
 )
-PRICING_KEYS: Final = ("input", "output")
+PRICING_KEYS: Final = ("input", "output", "cached_input", "cache_write")
 DEPLOYMENT_KEYS: Final = ("provider", "model", "weight", "priority")
 PROFILE_KEYS: Final = ("id", "strategy", "candidates")
 PLAN_KEYS: Final = ("id", "requests_per_minute", "tokens_per_minute", "burst")
@@ -292,6 +292,8 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
             pricing=pb.Pricing(
                 input_per_million=r.number(pricing, "input", f"{path}.pricing"),
                 output_per_million=r.number(pricing, "output", f"{path}.pricing"),
+                cached_input_per_million=r.number(pricing, "cached_input", f"{path}.pricing"),
+                cache_write_per_million=r.number(pricing, "cache_write", f"{path}.pricing"),
             ),
             created=r.integer(node, "created", path, 1_700_000_000),
             quality=r.integer(node, "quality", path, 0, _INT32_MAX),

@@ -62,9 +62,16 @@ def deployment_key(target: Target) -> str:
 
 
 def cost_usd(model: cpb.Model, usage: pb.Usage) -> float:
+    """What a call cost: cached prompt tokens at their own prices where the catalog sets them."""
+    price = model.pricing
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    uncached = usage.prompt_tokens - cached - written
     return (
-        usage.prompt_tokens * model.pricing.input_per_million
-        + usage.completion_tokens * model.pricing.output_per_million
+        uncached * price.input_per_million
+        + cached * (price.cached_input_per_million or price.input_per_million)
+        + written * (price.cache_write_per_million or price.input_per_million)
+        + usage.completion_tokens * price.output_per_million
     ) / 1_000_000
 
 

@@ -235,9 +235,9 @@ BAD_DOCS = [
         id="hedging-not-bool",
     ),
     pytest.param(
-        lambda d: d["models"][0]["pricing"].update(cached_input=0.01),
-        "models[0](local).pricing.cached_input",
-        "unknown key (expected one of: input, output)",
+        lambda d: d["models"][0]["pricing"].update(cache_read=0.01),
+        "models[0](local).pricing.cache_read",
+        "unknown key (expected one of: input, output, cached_input, cache_write)",
         id="pricing-unknown-key",
     ),
     pytest.param(

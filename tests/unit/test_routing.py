@@ -160,3 +160,20 @@ def test_deployment_key_names_provider_and_upstream_model() -> None:
     m = model("m", ("a", 1, 0))
     plan = Planner(cache(m), KINDS).plan("m", CHAT, pb.RouteHints(), DEMAND)
     assert deployment_key(plan.targets[0]) == "a/m"
+
+
+def test_cost_prices_cached_and_cache_written_prompt_tokens_apart() -> None:
+    from services.router.routing import cost_usd
+
+    m = cpb.Model(
+        pricing=cpb.Pricing(
+            input_per_million=3.0, output_per_million=15.0, cached_input_per_million=0.3, cache_write_per_million=3.75
+        )
+    )
+    usage = pb.Usage(
+        prompt_tokens=1_000_000, cached_tokens=600_000, cache_write_tokens=100_000, completion_tokens=10_000
+    )
+    # 300k uncached at $3, 600k cached at $0.30, 100k written at $3.75, 10k out at $15.
+    assert cost_usd(m, usage) == pytest.approx(0.9 + 0.18 + 0.375 + 0.15)
+    plain = cpb.Model(pricing=cpb.Pricing(input_per_million=3.0, output_per_million=15.0))
+    assert cost_usd(plain, usage) == pytest.approx(3.0 + 0.15)  # no cache prices: all at the input price

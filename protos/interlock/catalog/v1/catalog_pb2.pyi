@@ -152,17 +152,25 @@ class Pricing(_message.Message):
 
     INPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
     OUTPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PER_MILLION_FIELD_NUMBER: _builtins.int
     input_per_million: _builtins.float
     output_per_million: _builtins.float
+    cached_input_per_million: _builtins.float
+    """Prompt tokens read from the provider's cache; 0 means the input price."""
+    cache_write_per_million: _builtins.float
+    """Prompt tokens written to the provider's cache; 0 means the input price."""
     def __init__(
         self,
         *,
         input_per_million: _builtins.float = ...,
         output_per_million: _builtins.float = ...,
+        cached_input_per_million: _builtins.float = ...,
+        cache_write_per_million: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_per_million", b"input_per_million", "output_per_million", b"output_per_million"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_per_million", b"cache_write_per_million", "cached_input_per_million", b"cached_input_per_million", "input_per_million", b"input_per_million", "output_per_million", b"output_per_million"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
