@@ -1,12 +1,7 @@
-"""OpenAI-compatible providers (OpenAI, vLLM, Ollama, Together, Groq, ...).
-
-Requests and answers go through the shared wire codecs; streams are read
-line by line and passed on as each event arrives, never buffered.
-"""
+"""The adapter for OpenAI's wire protocol, which OpenAI, vLLM, Ollama, Together, Groq, ... speak."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
@@ -15,7 +10,7 @@ import httpx
 import orjson
 
 from interlock.router.v1 import router_pb2 as pb
-from services.common.errors import InterlockError, InvalidRequestError, UpstreamError
+from services.common.errors import InterlockError, UpstreamError
 from services.common.wire.chat import chat_request_to_json, chat_response_from_json, chunk_from_json
 from services.common.wire.completions import (
     completion_from_json,
@@ -23,6 +18,18 @@ from services.common.wire.completions import (
 )
 from services.common.wire.embeddings import embedding_request_to_json, embeddings_from_json
 from services.router.providers.base import Target
+from services.router.providers.http import (
+    api_key,
+    open_stream,
+    post_json,
+    retry_seconds,
+    sse_data,
+    status_error,
+    transport_error,
+)
+
+# transport_error moved to http.py with the rest of the plumbing; it stays importable from here.
+__all__ = ["OpenAIProvider", "transport_error", "upstream_error"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,27 +46,9 @@ def upstream_error(status: int, body: bytes, provider: str, retry_after: str | N
             code = detail.get("code")
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    retry = None
-    if retry_after:
-        with contextlib.suppress(ValueError):
-            retry = float(retry_after)
-    if status in (400, 404, 413, 422):
-        # The request itself was refused: the client's to fix, not ours to retry.
-        return InvalidRequestError(message, code=str(code) if code else "upstream_rejected_request")
-    if status == 429:
-        return UpstreamError(message, code="upstream_rate_limited", http_status=503, retry_after=retry)
-    if status in (401, 403):
-        return UpstreamError(
-            f"provider {provider} refused the gateway's credentials", code="provider_auth_failed", http_status=502
-        )
-    return UpstreamError(message, code="upstream_error", http_status=502, retry_after=retry)
-
-
-def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
-    """A request that got no HTTP answer: a timeout is a 504, anything else a 503."""
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(f"provider {provider} timed out", code="provider_timeout", http_status=504)
-    return UpstreamError(f"provider {provider} is unreachable", code="provider_unavailable", http_status=503)
+    # An OpenAI-compatible upstream's own error code tells the client more than ours would.
+    rejected_code = str(code) if code else "upstream_rejected_request"
+    return status_error(status, message, provider, retry_seconds(retry_after), rejected_code=rejected_code)
 
 
 class OpenAIProvider:
@@ -72,16 +61,7 @@ class OpenAIProvider:
 
     def _api_key(self, target: Target) -> str | None:
         """The provider's key from the environment; None when it needs none."""
-        if not target.provider.api_key_env:
-            return None
-        key = self._env.get(target.provider.api_key_env)
-        if not key:
-            raise UpstreamError(
-                f"provider {target.provider.id} is not configured: set {target.provider.api_key_env}",
-                code="provider_unavailable",
-                http_status=503,
-            )
-        return key
+        return api_key(target, self._env)
 
     def _url(self, target: Target, path: str) -> str:
         """Where an endpoint (`path`: "/chat/completions", "/completions", "/embeddings") lives."""
@@ -95,50 +75,21 @@ class OpenAIProvider:
         return {**target.provider.headers, **self._auth_headers(target)}
 
     async def _post(self, target: Target, path: str, body: dict[str, Any]) -> Any:
-        url = self._url(target, path)
-        try:
-            response = await self._client.post(
-                url, content=orjson.dumps(body), headers={**self._headers(target), "Content-Type": "application/json"},
-                timeout=target.provider.timeout_seconds or 60.0,
-            )  # fmt: skip
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, target.provider.id) from exc
-        if response.status_code >= 400:
-            raise upstream_error(
-                response.status_code, response.content, target.provider.id, response.headers.get("retry-after")
-            )
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response"
-            ) from exc
+        return await post_json(
+            self._client, target, self._url(target, path), body,
+            {**self._headers(target), "Content-Type": "application/json"}, on_error=upstream_error,
+        )  # fmt: skip
 
     async def _stream(
         self, target: Target, path: str, body: dict[str, Any], parse: Callable[[Any], T]
     ) -> AsyncIterator[T]:
-        url = self._url(target, path)
-        request = self._client.build_request(
-            "POST", url, content=orjson.dumps(body),
-            headers={**self._headers(target), "Content-Type": "application/json", "Accept": "text/event-stream"},
-            timeout=httpx.Timeout(target.provider.timeout_seconds or 60.0),
-        )  # fmt: skip
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, target.provider.id) from exc
-        try:
-            if response.status_code >= 400:
-                raise upstream_error(
-                    response.status_code,
-                    await response.aread(),
-                    target.provider.id,
-                    response.headers.get("retry-after"),
-                )
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # comments, event names, keep-alives
-                data = line[5:].strip()
+        """Each event parsed and passed on as soon as its line arrives: a stream is never buffered."""
+        async with open_stream(
+            self._client, target, self._url(target, path), body,
+            {**self._headers(target), "Content-Type": "application/json", "Accept": "text/event-stream"},
+            on_error=upstream_error,
+        ) as response:  # fmt: skip
+            async for data in sse_data(response):
                 if data == "[DONE]":
                     return
                 event = orjson.loads(data)
@@ -149,17 +100,6 @@ class OpenAIProvider:
                         code="upstream_stream_error",
                     )
                 yield parse(event)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} broke off the stream", code="upstream_stream_error", http_status=502
-            ) from exc
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                f"provider {target.provider.id} sent invalid JSON", code="upstream_bad_response"
-            ) from exc
-        finally:
-            # Closing the response tells the upstream we are gone (the client may have left).
-            await response.aclose()
 
     async def chat(self, request: pb.ChatRequest, target: Target) -> pb.ChatResponse:
         body = chat_request_to_json(request, target.deployment.upstream_model, stream=False)
