@@ -1,10 +1,11 @@
 """A local fake of Anthropic's Messages API that speaks the real HTTP wire protocol.
 
-It has the control surface of FakeOpenAI (``fail_next``, ``die_mid_stream_after``,
+The server harness and the test controls (``fail_next``, ``die_mid_stream_after``,
 ``token_delay``/``first_token_delay``, ``required_api_key``, ``requests``, ``cancelled``,
-``reset``) and answers ``POST /v1/messages`` the way Anthropic does: a ``message``
-object, or a stream of named SSE events (``message_start``, ``content_block_start``,
-``ping``, ``content_block_delta``, ``content_block_stop``, ``message_delta``,
+``reset``) live in FakeServer (tests/support/fake_server.py). This module answers
+``POST /v1/messages`` the way Anthropic does: a ``message`` object, or a stream of
+named SSE events (``message_start``, ``content_block_start``, ``ping``,
+``content_block_delta``, ``content_block_stop``, ``message_delta``,
 ``message_stop``), and errors as ``{"type": "error", "error": {"type", "message"}}``.
 Like the real server it refuses a request without ``max_tokens``, with roles that do
 not alternate, or whose first message is not the user's::
@@ -21,24 +22,13 @@ A "token" is a whitespace-separated word.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import itertools
-import re
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator
-from typing import Any, Self
+from typing import Any, ClassVar, Unpack
 
 import orjson
-import uvicorn
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-JSON = dict[str, Any]
+from tests.support.fake_server import JSON, FakeServer, Request, ServerOptions, cut_at_stop, run_cli, split_reply
 
-_WORD = re.compile(r"\S+\s*")
 TOOL_INPUT: JSON = {"x": 1}
 # The tool input as Anthropic streams it: an empty fragment first, then pieces of the JSON.
 _TOOL_FRAGMENTS = ("", '{"x": ', "1}")
@@ -61,24 +51,12 @@ _REQUEST_KEYS = {
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-class _Died(Exception):
-    """Raised inside a stream generator to drop the connection mid-stream."""
-
-
 def error_body(status: int, message: str) -> JSON:
     return {
         "type": "error",
         "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
         "request_id": "req_fake",
     }
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, {"request-id": "req_fake", **(headers or {})}, "application/json")
-
-
-def _error(status: int, message: str) -> Response:
-    return _json(error_body(status, message), status)
 
 
 def _sse(name: str, data: JSON) -> bytes:
@@ -227,18 +205,11 @@ def validate(body: JSON) -> str | None:
 
 def _reply(text: str, limit: int, stops: list[str]) -> tuple[list[str], str, str | None]:
     """Split a reply into per-token pieces; returns (pieces, stop_reason, stop_sequence)."""
-    found = [(i, s) for s in stops if s and (i := text.find(s)) >= 0]
-    stop_reason, stop_sequence = "end_turn", None
-    if found:
-        cut, stop_sequence = min(found)
-        text, stop_reason = text[:cut], "stop_sequence"
-    pieces = _WORD.findall(text)
-    if limit < len(pieces):
-        pieces = pieces[:limit]
-        if pieces:
-            pieces[-1] = pieces[-1].rstrip()
+    text, stop_sequence = cut_at_stop(text, stops)
+    pieces, cut = split_reply(text, limit)
+    if cut:
         return pieces, "max_tokens", None
-    return pieces, stop_reason, stop_sequence
+    return pieces, "end_turn" if stop_sequence is None else "stop_sequence", stop_sequence
 
 
 def _forced_tool(body: JSON) -> str | None:
@@ -252,58 +223,43 @@ def _forced_tool(body: JSON) -> str | None:
     return None
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     """Fake Anthropic API. Behaviour attributes may be changed from the test thread at any time."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        token_delay: float = 0.0,
-        first_token_delay: float = 0.0,
-        required_api_key: str | None = None,
-        record_requests: bool = True,
-        shutdown_timeout: int = 1,
-    ) -> None:
-        self.host, self.port = host, port
-        self.token_delay = token_delay  # seconds before each content_block_delta event
-        self.first_token_delay = first_token_delay  # before message_start / a non-stream answer
-        self.required_api_key = required_api_key  # checked against the x-api-key header
-        self.record_requests = record_requests
+    provider: ClassVar[str] = "Anthropic"
+    api_prefix: ClassVar[str] = "/v1"
+    response_headers: ClassVar[dict[str, str]] = {"request-id": "req_fake"}  # the real API stamps every response
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Unpack[ServerOptions]) -> None:
+        # token_delay paces content_block_delta events; first_token_delay comes before
+        # message_start / a non-stream answer; required_api_key is checked against x-api-key.
+        super().__init__(host, port, **options)
         # Prompt-cache counts reported in usage (Anthropic's input_tokens exclude them).
         self.cache_read_tokens = 0
         self.cache_write_tokens = 0
-        self.requests: list[JSON] = []
-        self.cancelled = 0  # streams whose client went away before the stream finished
-        self._defaults = (token_delay, first_token_delay, required_api_key)
-        self._shutdown_timeout = shutdown_timeout
-        self._lock = threading.Lock()
-        self._failure: tuple[int, JSON, dict[str, str]] | None = None
-        self._fail_times = 0
-        self._die_after: int | None = None
         self._error_after: tuple[int, JSON] | None = None
-        self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- controls ---------------------------------------------------------------------
+    # -- FakeServer hooks ---------------------------------------------------------------
 
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+    async def _route(self, request: Request) -> Response:
+        method, path, payload = request.method, request.path, request.json
+        if (method, path) != ("POST", "/v1/messages"):
+            return self._error(404, f"Not found: {method} {path}")
+        if not request.headers.get("anthropic-version"):
+            return self._error(400, "anthropic-version: header is required")
+        if not isinstance(payload, dict):
+            return self._error(400, "There was an issue with your request body: invalid JSON")
+        return await self._messages(payload)
 
-    def fail_next(self, status: int, body: JSON | None = None, times: int = 1, retry_after: str | None = None) -> None:
-        """The next `times` requests get `status` with an Anthropic error body."""
-        headers = {"retry-after": retry_after} if retry_after is not None else {}
-        with self._lock:
-            self._failure = (status, body if body is not None else error_body(status, "fake failure"), headers)
-            self._fail_times = times
+    def _failure_body(self, status: int) -> JSON:
+        return error_body(status, "fake failure")
 
-    def die_mid_stream_after(self, n_events: int | None) -> None:
-        """The next stream sends `n_events` SSE events, then drops the connection."""
-        self._die_after = n_events
+    def _check_key(self, request: Request, key: str) -> Response | None:
+        if request.headers.get("x-api-key") != key:
+            return self._error(401, "invalid x-api-key")
+        return None
+
+    # -- controls -----------------------------------------------------------------------
 
     def error_mid_stream_after(
         self, n_events: int, error_type: str = "overloaded_error", message: str = "Overloaded"
@@ -312,131 +268,19 @@ class FakeAnthropic:
         self._error_after = (n_events, {"type": "error", "error": {"type": error_type, "message": message}})
 
     def reset(self) -> None:
-        """Clear records and one-shot behaviours, restore constructor settings (server keeps running)."""
-        self.token_delay, self.first_token_delay, self.required_api_key = self._defaults
+        super().reset()
         self.cache_read_tokens = self.cache_write_tokens = 0
-        self.requests.clear()
-        self.cancelled = 0
-        self._die_after = self._error_after = None
-        with self._lock:
-            self._failure, self._fail_times = None, 0
+        self._error_after = None
 
-    # -- lifecycle --------------------------------------------------------------------
+    # -- the endpoint -------------------------------------------------------------------
 
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(2048)
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def _make_server(self, log_level: str | None) -> uvicorn.Server:
-        # No logging setup of our own, and no websockets import (its warnings break -W error).
-        config = uvicorn.Config(
-            self, lifespan="off", interface="asgi3", ws="none", log_config=None, log_level=log_level,
-            access_log=False, proxy_headers=False, server_header=False,
-            timeout_graceful_shutdown=self._shutdown_timeout,
-        )  # fmt: skip
-        return uvicorn.Server(config)
-
-    def start(self) -> Self:
-        sock = self._bind()
-        self._server = server = self._make_server(None)
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-anthropic:{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("fake Anthropic server did not start")
-            time.sleep(0.002)
-        return self
-
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(self._shutdown_timeout + 5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def serve_forever(self, log_level: str = "warning") -> None:
-        sock = self._bind()
-        print(f"fake Anthropic serving on {self.base_url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            self._make_server(log_level).run(sockets=[sock])
-
-    # -- ASGI -------------------------------------------------------------------------
-
-    async def __call__(self, scope: JSON, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        method, path = scope["method"], scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            payload = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            payload = body.decode("utf-8", "replace")
-        if self.record_requests:
-            self.requests.append({"method": method, "path": path, "headers": headers, "json": payload})
-
-        response = self._gate(headers)
-        if response is None:
-            if (method, path) != ("POST", "/v1/messages"):
-                response = _error(404, f"Not found: {method} {path}")
-            elif not headers.get("anthropic-version"):
-                response = _error(400, "anthropic-version: header is required")
-            elif not isinstance(payload, dict):
-                response = _error(400, "There was an issue with your request body: invalid JSON")
-            else:
-                response = await self._messages(payload)
-        try:
-            await response(scope, receive, send)
-        except _Died:
-            pass  # uvicorn sees an unfinished response and closes the socket
-        finally:
-            if isinstance(response, StreamingResponse):
-                await response.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    def _gate(self, headers: dict[str, str]) -> Response | None:
-        """Injected failures first, then the API key check."""
-        if self._fail_times:
-            with self._lock:
-                failure = self._failure if self._fail_times > 0 else None
-                if failure is not None:
-                    self._fail_times -= 1
-            if failure is not None:
-                return _json(failure[1], failure[0], failure[2])
-        key = self.required_api_key
-        if key is not None and headers.get("x-api-key") != key:
-            return _error(401, "invalid x-api-key")
-        return None
-
-    # -- the endpoint -----------------------------------------------------------------
+    def _error(self, status: int, message: str) -> Response:
+        return self._json(error_body(status, message), status)
 
     async def _messages(self, body: JSON) -> Response:
         problem = validate(body)
         if problem:
-            return _error(400, problem)
+            return self._error(400, problem)
         messages = body["messages"]
         last_user = next((_text(m.get("content")) for m in reversed(messages) if m["role"] == "user"), "")
         tool = _forced_tool(body)
@@ -461,10 +305,8 @@ class FakeAnthropic:
             block = {"type": "text", "text": "".join(pieces)}
 
         if not body.get("stream"):
-            if self.first_token_delay > 0:
-                await asyncio.sleep(self.first_token_delay)
             answer = {**head, "content": [block], "stop_reason": stop_reason, "stop_sequence": stop_sequence}
-            return _json({**answer, "usage": usage})
+            return await self._answer({**answer, "usage": usage})
 
         start_usage = {**usage, "output_tokens": 1}
         events: list[tuple[str, JSON]] = [
@@ -489,49 +331,23 @@ class FakeAnthropic:
             }),
             ("message_stop", {"type": "message_stop"}),
         ]  # fmt: skip
-        return self._stream(events)
+        return self._events(events)
 
-    def _stream(self, events: list[tuple[str, JSON]]) -> StreamingResponse:
-        die_after, self._die_after = self._die_after, None  # one-shot, claimed by this stream
-        error_after, self._error_after = self._error_after, None
-
-        async def generate() -> AsyncIterator[bytes]:
-            finished = died = False
-            try:
-                for i, (name, data) in enumerate(events):
-                    if i == die_after:
-                        died = True
-                        raise _Died
-                    if error_after is not None and i == error_after[0]:
-                        yield _sse("error", error_after[1])
-                        break
-                    delay = self.first_token_delay if i == 0 else self.token_delay
-                    if delay > 0 and (i == 0 or name == "content_block_delta"):
-                        await asyncio.sleep(delay)  # also where a client disconnect cancels us
-                    yield _sse(name, data)
-                finished = True
-            finally:
-                if not finished and not died:
-                    self.cancelled += 1
-
-        return StreamingResponse(generate(), media_type="text/event-stream", headers={"request-id": "req_fake"})
+    def _events(self, events: list[tuple[str, JSON]]) -> Response:
+        """Named SSE events; error_mid_stream_after replaces the rest of the stream by one `error` event."""
+        # Only the first event and the deltas are paced, like the real API's token timing.
+        frames = [(_sse(name, data), i == 0 or name == "content_block_delta") for i, (name, data) in enumerate(events)]
+        error_after, self._error_after = self._error_after, None  # one-shot, claimed by this stream
+        if error_after is not None and 0 <= error_after[0] < len(frames):
+            frames[error_after[0] :] = [(_sse("error", error_after[1]), False)]
+        return self._stream(frames)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the fake Anthropic provider in the foreground.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    parser.add_argument("--first-token-delay", type=float, default=0.0)
-    parser.add_argument("--api-key", default=None, help="require 'x-api-key: <key>'")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    fake = FakeAnthropic(
-        args.host, args.port, token_delay=args.token_delay, first_token_delay=args.first_token_delay,
-        required_api_key=args.api_key, record_requests=args.record,
+    run_cli(
+        FakeAnthropic, argv, description="Run the fake Anthropic provider in the foreground.", port=9001,
+        key_help="require 'x-api-key: <key>'",
     )  # fmt: skip
-    fake.serve_forever(args.log_level)
 
 
 if __name__ == "__main__":

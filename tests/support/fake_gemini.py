@@ -1,9 +1,9 @@
 """A local fake of Google's Gemini API (generativelanguage v1beta) speaking its real wire format.
 
-It has FakeOpenAI's control surface (``base_url``, ``requests``, ``fail_next``,
+The server harness and the test controls (``base_url``, ``requests``, ``fail_next``,
 ``die_mid_stream_after``, ``token_delay``/``first_token_delay``, ``cancelled``,
-``required_api_key``, ``reset``) and is served the same way: a plain ASGI callable
-run by uvicorn in a daemon thread::
+``required_api_key``, ``reset``) live in FakeServer (tests/support/fake_server.py);
+this module is Gemini's wire format::
 
     with FakeGemini(required_api_key="k") as fake:
         httpx.post(f"{fake.base_url}/models/gemini-x:generateContent",
@@ -29,30 +29,25 @@ missing ``contents``, empty parts or a role other than user/model answer 400.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import binascii
-import contextlib
-import hashlib
-import itertools
-import math
 import re
-import socket
-import struct
-import threading
-import time
-from collections.abc import AsyncIterator
-from typing import Any, Self
-from urllib.parse import parse_qs
+from typing import Any, ClassVar, Unpack
 
 import orjson
-import uvicorn
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-JSON = dict[str, Any]
+from tests.support.fake_server import (
+    JSON,
+    FakeServer,
+    Request,
+    ServerOptions,
+    cut_at_stop,
+    embedding,
+    run_cli,
+    split_reply,
+)
 
-_WORD = re.compile(r"\S+\s*")
 _ROUTE = re.compile(r"^/v1beta/(?P<model>(?:models|tunedModels)/[^/:]+):(?P<method>[A-Za-z]+)$")
 _FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 TOOL_ARGS: JSON = {"x": 1}
@@ -94,10 +89,6 @@ _SCHEMA_TYPES = {"STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "N
 _MODES = {"AUTO", "ANY", "NONE", "VALIDATED"}
 
 
-class _Died(Exception):
-    """Raised inside a stream generator to drop the connection without finishing."""
-
-
 class _Invalid(Exception):
     """A request the real API would refuse with 400 INVALID_ARGUMENT."""
 
@@ -109,21 +100,9 @@ def google_error(status: int, message: str, details: list[JSON] | None = None) -
     return {"error": error}
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, "application/json")
-
-
 def _unknown(name: str, where: str) -> _Invalid:
     at = f" at '{where}'" if where else ""
     return _Invalid(f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.')
-
-
-def _embedding(text: str, dims: int) -> list[float]:
-    """Deterministic unit vector from a hash of the text."""
-    raw = struct.unpack(f"<{dims}I", hashlib.shake_256(text.encode()).digest(4 * dims))
-    vec = [v / 2147483648.0 - 1.0 for v in raw]
-    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-    return [v / norm for v in vec]
 
 
 # ------------------------------------------------------------------ validation
@@ -262,47 +241,83 @@ def check_generate_request(body: JSON) -> None:
 # ------------------------------------------------------------------ the server
 
 
-class FakeGemini:
+class FakeGemini(FakeServer):
     """Fake Gemini API. Behaviour attributes may be changed from the test thread at any time."""
 
+    provider: ClassVar[str] = "Gemini"
+    api_prefix: ClassVar[str] = "/v1beta"
+
     def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        token_delay: float = 0.0,
-        first_token_delay: float = 0.0,
-        required_api_key: str | None = None,
-        record_requests: bool = True,
-        shutdown_timeout: int = 1,
-        embed_dims: int = 8,
+        self, host: str = "127.0.0.1", port: int = 0, *, embed_dims: int = 8, **options: Unpack[ServerOptions]
     ) -> None:
-        self.host, self.port = host, port
-        self.token_delay = token_delay  # seconds between stream events
-        self.first_token_delay = first_token_delay  # before the first event / a unary answer
-        self.required_api_key = required_api_key
-        self.record_requests = record_requests
+        super().__init__(host, port, **options)
         self.embed_dims = embed_dims  # default outputDimensionality
         self.thoughts_tokens = 0  # reported as usageMetadata.thoughtsTokenCount when > 0
         self.cached_tokens = 0  # reported as usageMetadata.cachedContentTokenCount when > 0
-        self.requests: list[JSON] = []
-        self.cancelled = 0  # streams whose client went away before the stream finished
-        self._defaults = (token_delay, first_token_delay, required_api_key, embed_dims)
-        self._shutdown_timeout = shutdown_timeout
-        self._lock = threading.Lock()
-        self._failure: tuple[int, JSON, dict[str, str]] | None = None
-        self._fail_times = 0
-        self._die_after: int | None = None
-        self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._default_embed_dims = embed_dims
 
-    # -- controls ---------------------------------------------------------------------
+    # -- FakeServer hooks ---------------------------------------------------------------
 
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1beta"
+    async def _route(self, request: Request) -> Response:
+        method, path, payload = request.method, request.path, request.json
+        match = _ROUTE.match(path)
+        if method != "POST" or match is None:
+            return self._error(404, f"Method not found: {method} {path}")
+        model, action = match["model"], match["method"]
+        if not isinstance(payload, dict):
+            return self._error(400, "Invalid JSON payload received. Expected an object.")
+        try:
+            if action == "generateContent":
+                check_generate_request(payload)
+                return await self._answer(self._generate(model, payload, stream=False)[0])
+            if action == "streamGenerateContent":
+                check_generate_request(payload)
+                events = self._generate(model, payload, stream=True)
+                if request.query.get("alt") != "sse":
+                    return await self._answer(events)  # without alt=sse the API answers a JSON array
+                # Gemini separates its SSE events with CRLF pairs; every event is paced.
+                return self._stream([(b"data: " + orjson.dumps(event) + b"\r\n\r\n", True) for event in events])
+            if action == "batchEmbedContents":
+                return await self._answer(self._batch_embed(model, payload))
+            if action == "embedContent":
+                return await self._answer({"embedding": self._embed_one(model, payload, "")})
+        except _Invalid as exc:
+            return self._error(400, str(exc))
+        return self._error(404, f"Method not found: {action}")
+
+    def _failure_body(self, status: int) -> JSON:
+        return google_error(status, "fake failure")
+
+    def _check_key(self, request: Request, key: str) -> Response | None:
+        # The key may come as the x-goog-api-key header or as ?key=.
+        sent = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not sent:
+            message = (
+                "Method doesn't allow unregistered callers (callers without established identity). "
+                "Please use API Key or other form of API consumer identity to call this API."
+            )
+            return self._error(403, message)
+        if sent != key:
+            info = {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+            return self._error(400, "API key not valid. Please pass a valid API key.", [info])
+        return None
+
+    def _record(self, request: Request) -> JSON:
+        # The query matters here: it carries alt=sse and may carry the key.
+        return {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "json": request.json,
+        }
+
+    # -- controls -----------------------------------------------------------------------
 
     def fail_next(
         self,
@@ -316,201 +331,18 @@ class FakeGemini:
 
         `retry_after` sets the Retry-After header; `retry_delay` ("7s") adds a
         google.rpc.RetryInfo detail, as the real API does on 429."""
-        headers = {"retry-after": retry_after} if retry_after is not None else {}
-        if body is None:
-            details = (
-                [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
-                if retry_delay
-                else None
-            )
+        if body is None and retry_delay:
+            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
             body = google_error(status, "fake failure", details)
-        with self._lock:
-            self._failure = (status, body, headers)
-            self._fail_times = times
-
-    def die_mid_stream_after(self, n_events: int | None) -> None:
-        """The next streamed response sends `n_events` SSE events, then drops the connection."""
-        self._die_after = n_events
+        super().fail_next(status, body, times, retry_after)
 
     def reset(self) -> None:
-        """Clear records and one-shot behaviours, restore constructor settings (server keeps running)."""
-        self.token_delay, self.first_token_delay, self.required_api_key, self.embed_dims = self._defaults
+        super().reset()
+        self.embed_dims = self._default_embed_dims
         self.thoughts_tokens = self.cached_tokens = 0
-        self.requests.clear()
-        self.cancelled = 0
-        self._die_after = None
-        with self._lock:
-            self._failure, self._fail_times = None, 0
 
-    # -- lifecycle --------------------------------------------------------------------
-
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(2048)
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def _make_server(self, log_level: str | None) -> uvicorn.Server:
-        # As FakeOpenAI: leave the test process's logging alone, no websockets import.
-        config = uvicorn.Config(
-            self, lifespan="off", interface="asgi3", ws="none", log_config=None, log_level=log_level,
-            access_log=False, proxy_headers=False, server_header=False,
-            timeout_graceful_shutdown=self._shutdown_timeout,
-        )  # fmt: skip
-        return uvicorn.Server(config)
-
-    def start(self) -> Self:
-        sock = self._bind()
-        self._server = server = self._make_server(None)
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-gemini:{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("fake Gemini server did not start")
-            time.sleep(0.002)
-        return self
-
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(self._shutdown_timeout + 5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def serve_forever(self, log_level: str = "warning") -> None:
-        sock = self._bind()
-        print(f"fake Gemini serving on {self.base_url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            self._make_server(log_level).run(sockets=[sock])
-
-    # -- ASGI -------------------------------------------------------------------------
-
-    async def __call__(self, scope: JSON, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        method, path = scope["method"], scope["path"]
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            payload = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            payload = body.decode("utf-8", "replace")
-        if self.record_requests:
-            self.requests.append({"method": method, "path": path, "query": query, "headers": headers, "json": payload})
-
-        response = self._gate(headers, query)
-        if response is None:
-            response = await self._route(method, path, query, payload)
-        try:
-            await response(scope, receive, send)
-        except _Died:
-            pass  # uvicorn sees an unfinished response and closes the socket
-        finally:
-            if isinstance(response, StreamingResponse):
-                await response.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    def _gate(self, headers: dict[str, str], query: dict[str, str]) -> Response | None:
-        """Injected failures first, then the API key (x-goog-api-key header or ?key=)."""
-        if self._fail_times:
-            with self._lock:
-                failure = self._failure if self._fail_times > 0 else None
-                if failure is not None:
-                    self._fail_times -= 1
-            if failure is not None:
-                return _json(failure[1], failure[0], failure[2])
-        key = self.required_api_key
-        if key is None:
-            return None
-        sent = headers.get("x-goog-api-key") or query.get("key")
-        if not sent:
-            message = (
-                "Method doesn't allow unregistered callers (callers without established identity). "
-                "Please use API Key or other form of API consumer identity to call this API."
-            )
-            return _json(google_error(403, message), 403)
-        if sent != key:
-            info = {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com",
-                "metadata": {"service": "generativelanguage.googleapis.com"},
-            }
-            return _json(google_error(400, "API key not valid. Please pass a valid API key.", [info]), 400)
-        return None
-
-    async def _route(self, method: str, path: str, query: dict[str, str], payload: Any) -> Response:
-        match = _ROUTE.match(path)
-        if method != "POST" or match is None:
-            return _json(google_error(404, f"Method not found: {method} {path}"), 404)
-        model, action = match["model"], match["method"]
-        if not isinstance(payload, dict):
-            return _json(google_error(400, "Invalid JSON payload received. Expected an object."), 400)
-        try:
-            if action == "generateContent":
-                check_generate_request(payload)
-                return await self._answer(self._generate(model, payload, stream=False)[0])
-            if action == "streamGenerateContent":
-                check_generate_request(payload)
-                events = self._generate(model, payload, stream=True)
-                if query.get("alt") != "sse":
-                    return await self._answer(events)  # without alt=sse the API answers a JSON array
-                return self._stream(events)
-            if action == "batchEmbedContents":
-                return await self._answer(self._batch_embed(model, payload))
-            if action == "embedContent":
-                return await self._answer({"embedding": self._embed_one(model, payload, "")})
-        except _Invalid as exc:
-            return _json(google_error(400, str(exc)), 400)
-        return _json(google_error(404, f"Method not found: {action}"), 404)
-
-    async def _answer(self, body: Any) -> Response:
-        if self.first_token_delay > 0:
-            await asyncio.sleep(self.first_token_delay)
-        return _json(body)
-
-    def _stream(self, events: list[JSON]) -> StreamingResponse:
-        die_after, self._die_after = self._die_after, None
-
-        async def generate() -> AsyncIterator[bytes]:
-            finished = died = False
-            try:
-                for i, event in enumerate(events):
-                    if i == die_after:
-                        died = True
-                        raise _Died
-                    delay = self.first_token_delay if i == 0 else self.token_delay
-                    if delay > 0:
-                        await asyncio.sleep(delay)  # also where a client disconnect cancels us
-                    yield b"data: " + orjson.dumps(event) + b"\r\n\r\n"
-                finished = True
-            finally:
-                if not finished and not died:
-                    self.cancelled += 1
-
-        return StreamingResponse(generate(), media_type="text/event-stream")
+    def _error(self, status: int, message: str, details: list[JSON] | None = None) -> Response:
+        return self._json(google_error(status, message, details), status)
 
     # -- generation -------------------------------------------------------------------
 
@@ -609,7 +441,7 @@ class FakeGemini:
         if not isinstance(dims, int) or not 1 <= dims <= MAX_EMBED_DIMS:
             raise _Invalid(f"* {where}.output_dimensionality: must be between 1 and {MAX_EMBED_DIMS}")
         text = "".join(p.get("text", "") for p in content["parts"])
-        return {"values": _embedding(text, dims)}
+        return {"values": embedding(text, dims)}
 
     def _batch_embed(self, model: str, body: JSON) -> JSON:
         for key in body:
@@ -634,33 +466,15 @@ def _rating(*, blocked: bool) -> JSON:
 
 def _reply(text: str, stops: list[str], limit: Any) -> tuple[list[str], str]:
     """Pieces (one word each) of the reply after stop sequences and maxOutputTokens; and finishReason."""
-    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
-    if cut >= 0:
-        text = text[:cut]
-    pieces = _WORD.findall(text)
-    if isinstance(limit, int) and limit < len(pieces):
-        pieces = pieces[: max(limit, 0)]
-        if pieces:
-            pieces[-1] = pieces[-1].rstrip()
-        return pieces, "MAX_TOKENS"
-    return pieces, "STOP"
+    pieces, cut = split_reply(cut_at_stop(text, stops)[0], limit)
+    return pieces, "MAX_TOKENS" if cut else "STOP"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the fake Gemini API in the foreground.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    parser.add_argument("--first-token-delay", type=float, default=0.0)
-    parser.add_argument("--api-key", default=None, help="require 'x-goog-api-key: <key>'")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    fake = FakeGemini(
-        args.host, args.port, token_delay=args.token_delay, first_token_delay=args.first_token_delay,
-        required_api_key=args.api_key, record_requests=args.record,
+    run_cli(
+        FakeGemini, argv, description="Run the fake Gemini API in the foreground.", port=9001,
+        key_help="require 'x-goog-api-key: <key>'",
     )  # fmt: skip
-    fake.serve_forever(args.log_level)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """A local fake OpenAI-compatible provider that speaks the real HTTP wire protocol.
 
 Gateway tests need a real upstream: real sockets, real chunked SSE framing, real
-disconnects. The fake is a plain ASGI callable (Starlette is used only for its
-response classes) served by uvicorn in a daemon thread with its own event loop, so
-sync tests can drive it. It is deterministic and cheap per request so a benchmark
-can use it as a mock upstream too::
+disconnects. The server harness and the test controls (``fail_next``,
+``die_mid_stream_after``, ``token_delay``/``first_token_delay``, ``required_api_key``,
+``requests``, ``cancelled``, ``reset``) live in FakeServer (tests/support/fake_server.py);
+this module is OpenAI's wire format. It is deterministic and cheap per request so a
+benchmark can use it as a mock upstream too::
 
     with FakeOpenAI() as fake:
         httpx.post(f"{fake.base_url}/chat/completions", json={...})
@@ -17,30 +18,18 @@ whitespace-separated word.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import contextlib
-import hashlib
-import itertools
-import math
-import re
-import socket
+import functools
 import struct
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Self
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import orjson
-import uvicorn
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-JSON = dict[str, Any]
+from tests.support.fake_server import JSON, FakeServer, Request, embedding, run_cli, split_reply
 
-# A word plus its trailing whitespace: streamed pieces concatenate back to exactly the
-# non-stream content, and each piece is one "token".
-_WORD = re.compile(r"\S+\s*")
 _TOOL_ARGS = '{"x": 1}'
 _DONE = b"data: [DONE]\n\n"
 DEFAULT_FAILURE: JSON = {"error": {"message": "fake failure", "type": "server_error", "param": None, "code": None}}
@@ -56,19 +45,6 @@ MODELS: JSON = {
     "object": "list",
     "data": [{"id": "fake-model", "object": "model", "created": 1700000000, "owned_by": "fake"}],
 }
-
-
-class _Died(Exception):
-    """Raised inside a stream generator to drop the connection without the terminating chunk."""
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, "application/json")
-
-
-def _error(status: int, message: str, param: str | None = None) -> Response:
-    err = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
-    return _json({"error": err}, status)
 
 
 def _text(content: Any) -> str:
@@ -100,13 +76,8 @@ def _texts(value: Any) -> list[str] | None:
 
 def _reply(text: str, limit: Any) -> tuple[list[str], str]:
     """Split a reply into per-token pieces, cut to `limit` tokens; returns (pieces, finish_reason)."""
-    pieces = _WORD.findall(text)
-    if isinstance(limit, int) and limit < len(pieces):
-        pieces = pieces[: max(limit, 0)]
-        if pieces:
-            pieces[-1] = pieces[-1].rstrip()
-        return pieces, "length"
-    return pieces, "stop"
+    pieces, cut = split_reply(text, limit)
+    return pieces, "length" if cut else "stop"
 
 
 def _forced_tool(body: JSON) -> str | None:
@@ -126,229 +97,74 @@ def _usage(prompt: int, completion: int) -> JSON:
 
 
 def _embedding(text: str, dims: int) -> list[float]:
-    """Deterministic unit vector from a hash of the text (float32-exact, so both encodings agree)."""
-    raw = struct.unpack(f"<{dims}I", hashlib.shake_256(text.encode()).digest(4 * dims))
-    vec = [v / 2147483648.0 - 1.0 for v in raw]
-    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-    return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *(v / norm for v in vec))))
+    """The shared hash vector rounded to float32, so the float and base64 encodings agree exactly."""
+    return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *embedding(text, dims))))
 
 
-class FakeOpenAI:
+def _sse(event: JSON) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+class FakeOpenAI(FakeServer):
     """Fake provider. Behaviour attributes may be changed from the test thread at any time."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        token_delay: float = 0.0,
-        first_token_delay: float = 0.0,
-        required_api_key: str | None = None,
-        record_requests: bool = True,
-        shutdown_timeout: int = 1,
-    ) -> None:
-        self.host, self.port = host, port
-        self.token_delay = token_delay  # seconds between stream chunks
-        self.first_token_delay = first_token_delay  # before the first chunk / a non-stream answer
-        self.required_api_key = required_api_key
-        self.record_requests = record_requests  # a benchmark turns this off to keep memory flat
-        self.requests: list[JSON] = []
-        self.cancelled = 0  # streams whose client went away before the stream finished
-        self._defaults = (token_delay, first_token_delay, required_api_key)
-        self._shutdown_timeout = shutdown_timeout
-        self._lock = threading.Lock()  # fail_next is read-modify-write from two threads
-        self._failure: tuple[int, JSON, dict[str, str]] | None = None
-        self._fail_times = 0
-        self._die_after: int | None = None
-        self._ids = itertools.count(1)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._routes: dict[tuple[str, str], Callable[[JSON], Awaitable[Response]]] = {
+    provider: ClassVar[str] = "OpenAI"
+    api_prefix: ClassVar[str] = "/v1"
+
+    # -- FakeServer hooks ---------------------------------------------------------------
+
+    @functools.cached_property
+    def _routes(self) -> dict[tuple[str, str], Callable[[JSON], Awaitable[Response]]]:
+        # Bound methods, so a subclass's override of an endpoint is the one served.
+        return {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
         }
 
-    # -- controls ---------------------------------------------------------------------
+    async def _route(self, request: Request) -> Response:
+        method, path, payload = request.method, request.path, request.json
+        handler = self._routes.get((method, path))
+        if handler is None:
+            return self._error(404, f"Invalid URL ({method} {path})")
+        if method == "POST" and not isinstance(payload, dict):
+            return self._error(400, "We could not parse the JSON body of your request.")
+        return await handler(payload or {})
 
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+    def _failure_body(self, status: int) -> JSON:
+        return DEFAULT_FAILURE
 
-    def fail_next(self, status: int, body: JSON | None = None, times: int = 1, retry_after: str | None = None) -> None:
-        """The next `times` requests (any endpoint) get `status` with an OpenAI error body."""
-        headers = {"retry-after": retry_after} if retry_after is not None else {}
-        with self._lock:
-            self._failure = (status, body if body is not None else DEFAULT_FAILURE, headers)
-            self._fail_times = times
-
-    def die_mid_stream_after(self, n_chunks: int | None) -> None:
-        """The next streamed response sends `n_chunks` SSE events, then drops the connection."""
-        self._die_after = n_chunks
-
-    def reset(self) -> None:
-        """Clear records and one-shot behaviours, restore constructor settings (server keeps running)."""
-        self.token_delay, self.first_token_delay, self.required_api_key = self._defaults
-        self.requests.clear()
-        self.cancelled = 0
-        self._die_after = None
-        with self._lock:
-            self._failure, self._fail_times = None, 0
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    def _bind(self) -> socket.socket:
-        # Binding ourselves (rather than letting uvicorn bind port 0) makes the port known up front.
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(2048)
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def _make_server(self, log_level: str | None) -> uvicorn.Server:
-        # log_config=None and log_level=None: do not touch the test process's logging setup.
-        # ws="none" avoids importing websockets (its deprecation warnings break -W error).
-        config = uvicorn.Config(
-            self, lifespan="off", interface="asgi3", ws="none", log_config=None, log_level=log_level,
-            access_log=False, proxy_headers=False, server_header=False,
-            timeout_graceful_shutdown=self._shutdown_timeout,
-        )  # fmt: skip
-        return uvicorn.Server(config)
-
-    def start(self) -> Self:
-        sock = self._bind()
-        self._server = server = self._make_server(None)
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-openai:{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:  # set once the listening server is accepting connections
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("fake OpenAI server did not start")
-            time.sleep(0.002)
-        return self
-
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(self._shutdown_timeout + 5)
-        if thread.is_alive():  # a stuck stream: skip the graceful wait
-            server.force_exit = True
-            thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def serve_forever(self, log_level: str = "warning") -> None:
-        """Serve in the calling (main) thread until SIGINT/SIGTERM (uvicorn handles them)."""
-        sock = self._bind()
-        print(f"fake OpenAI serving on {self.base_url}", flush=True)
-        # uvicorn re-raises the SIGINT after its graceful shutdown
-        with contextlib.suppress(KeyboardInterrupt):
-            self._make_server(log_level).run(sockets=[sock])
-
-    # -- ASGI -------------------------------------------------------------------------
-
-    async def __call__(self, scope: JSON, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        method, path = scope["method"], scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            payload = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            payload = body.decode("utf-8", "replace")  # recorded as-is; handlers reject non-objects
-        if self.record_requests:
-            self.requests.append({"method": method, "path": path, "headers": headers, "json": payload})
-
-        response = self._gate(headers)
-        if response is None:
-            handler = self._routes.get((method, path))
-            if handler is None:
-                response = _error(404, f"Invalid URL ({method} {path})")
-            elif method == "POST" and not isinstance(payload, dict):
-                response = _error(400, "We could not parse the JSON body of your request.")
-            else:
-                response = await handler(payload or {})
-        try:
-            await response(scope, receive, send)
-        except _Died:
-            pass  # uvicorn sees an unfinished response and closes the socket: no last chunk
-        finally:
-            if isinstance(response, StreamingResponse):
-                # If the send was cancelled the generator is parked at a `yield`; closing it runs
-                # its `finally` now (which counts the cancellation) rather than at GC time.
-                await response.body_iterator.aclose()  # type: ignore[attr-defined]
-
-    def _gate(self, headers: dict[str, str]) -> Response | None:
-        """Injected failures first, then the API key check."""
-        if self._fail_times:  # unlocked peek keeps the common path cheap; the lock decides
-            with self._lock:
-                failure = self._failure if self._fail_times > 0 else None
-                if failure is not None:
-                    self._fail_times -= 1
-            if failure is not None:
-                return _json(failure[1], failure[0], failure[2])
-        key = self.required_api_key
-        if key is not None and headers.get("authorization") != f"Bearer {key}":
-            return _json(BAD_API_KEY, 401)
+    def _check_key(self, request: Request, key: str) -> Response | None:
+        if request.headers.get("authorization") != f"Bearer {key}":
+            return self._json(BAD_API_KEY, 401)
         return None
 
-    async def _answer(self, body: JSON) -> Response:
-        if self.first_token_delay > 0:
-            await asyncio.sleep(self.first_token_delay)
-        return _json(body)
+    def die_mid_stream_after(self, n_chunks: int | None) -> None:
+        """The next streamed response sends `n_chunks` SSE chunks, then drops the connection."""
+        super().die_mid_stream_after(n_chunks)  # only here to keep OpenAI's keyword name
 
-    def _stream(self, events: list[JSON], usage: JSON | None) -> StreamingResponse:
+    # -- answering ----------------------------------------------------------------------
+
+    def _error(self, status: int, message: str, param: str | None = None) -> Response:
+        err = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+        return self._json({"error": err}, status)
+
+    def _chunks(self, events: list[JSON], usage: JSON | None) -> Response:
         """SSE response for `events`; `usage` (when include_usage) goes in a final choice-less chunk."""
         if usage is not None:
             for event in events:
                 event["usage"] = None
             events.append({**events[0], "choices": [], "usage": usage})
-        die_after, self._die_after = self._die_after, None  # one-shot, claimed by this stream
+        # Every chunk, and the [DONE] sentinel too, waits its token delay.
+        return self._stream([*((_sse(e), True) for e in events), (_DONE, True)])
 
-        async def generate() -> AsyncIterator[bytes]:
-            finished = died = False
-            try:
-                for i, event in enumerate([*events, None]):
-                    if i == die_after:
-                        died = True
-                        raise _Died
-                    delay = self.first_token_delay if i == 0 else self.token_delay
-                    if delay > 0:
-                        await asyncio.sleep(delay)  # also where a client disconnect cancels us
-                    yield _DONE if event is None else b"data: " + orjson.dumps(event) + b"\n\n"
-                finished = True
-            finally:
-                if not finished and not died:
-                    self.cancelled += 1
-
-        return StreamingResponse(generate(), media_type="text/event-stream")
-
-    # -- endpoints --------------------------------------------------------------------
+    # -- endpoints ----------------------------------------------------------------------
 
     async def _chat(self, body: JSON) -> Response:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            return _error(400, "'messages' must be a non-empty array of message objects", "messages")
+            return self._error(400, "'messages' must be a non-empty array of message objects", "messages")
         model, n = body.get("model", "fake-model"), int(body.get("n") or 1)
         prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
         last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
@@ -387,12 +203,12 @@ class FakeOpenAI:
         events = [chunk(i, first) for i in range(n)]
         events += [chunk(i, d) for d in deltas for i in range(n)]
         events += [chunk(i, {}, finish) for i in range(n)]
-        return self._stream(events, usage if (body.get("stream_options") or {}).get("include_usage") else None)
+        return self._chunks(events, usage if (body.get("stream_options") or {}).get("include_usage") else None)
 
     async def _completions(self, body: JSON) -> Response:
         prompts = _texts(body.get("prompt", ""))
         if prompts is None:
-            return _error(400, "'prompt' must be a string or an array of strings/tokens", "prompt")
+            return self._error(400, "'prompt' must be a string or an array of strings/tokens", "prompt")
         model, n = body.get("model", "fake-model"), int(body.get("n") or 1)
         replies = [_reply("Echo: " + p, body.get("max_tokens")) for p in prompts for _ in range(n)]
         usage = _usage(sum(len(p.split()) for p in prompts), sum(len(r[0]) for r in replies))
@@ -411,15 +227,15 @@ class FakeOpenAI:
 
         events = [chunk(i, p) for i, (pieces, _) in enumerate(replies) for p in pieces]
         events += [chunk(i, "", finish) for i, (_, finish) in enumerate(replies)]
-        return self._stream(events, usage if (body.get("stream_options") or {}).get("include_usage") else None)
+        return self._chunks(events, usage if (body.get("stream_options") or {}).get("include_usage") else None)
 
     async def _embeddings(self, body: JSON) -> Response:
         texts = _texts(body.get("input"))
         if texts is None:
-            return _error(400, "'input' must be a string or an array of strings/tokens", "input")
+            return self._error(400, "'input' must be a string or an array of strings/tokens", "input")
         dims, fmt = body.get("dimensions") or 8, body.get("encoding_format") or "float"
         if not isinstance(dims, int) or dims < 1 or fmt not in ("float", "base64"):
-            return _error(400, "invalid 'dimensions' or 'encoding_format'", "dimensions")
+            return self._error(400, "invalid 'dimensions' or 'encoding_format'", "dimensions")
         data = []
         for i, text in enumerate(texts):
             vec: Any = _embedding(text, dims)
@@ -431,24 +247,14 @@ class FakeOpenAI:
         return await self._answer({"object": "list", "data": data, "model": body.get("model", ""), "usage": usage})
 
     async def _models(self, body: JSON) -> Response:
-        return _json(MODELS)
+        return self._json(MODELS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the fake OpenAI provider in the foreground.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    parser.add_argument("--first-token-delay", type=float, default=0.0)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>'")
-    parser.add_argument("--record", action="store_true", help="keep every request in memory (off: flat memory)")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    fake = FakeOpenAI(
-        args.host, args.port, token_delay=args.token_delay, first_token_delay=args.first_token_delay,
-        required_api_key=args.api_key, record_requests=args.record,
+    run_cli(
+        FakeOpenAI, argv, description="Run the fake OpenAI provider in the foreground.", port=9000,
+        key_help="require 'Authorization: Bearer <key>'",
     )  # fmt: skip
-    fake.serve_forever(args.log_level)
 
 
 if __name__ == "__main__":
