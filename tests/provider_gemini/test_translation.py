@@ -1,22 +1,14 @@
-"""The Gemini adapter over real HTTP against a fake that speaks the generativelanguage v1beta wire format."""
+"""The Gemini adapter translating chat requests and answers, over real HTTP against the fake v1beta API."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
-import httpx
 import pytest
 
-from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
-from services.common.errors import InvalidRequestError, UpstreamError
-from services.router import tokens
-from services.router.providers.base import Target
+from services.common.errors import InvalidRequestError
 from services.router.providers.gemini import (
     THOUGHT_SEPARATOR,
     GeminiProvider,
@@ -24,97 +16,19 @@ from services.router.providers.gemini import (
     build_generate_request,
     clean_schema,
 )
+from tests.provider_gemini.helpers import (
+    CLEAN_PARAMETERS,
+    KEY,
+    PARAMETERS,
+    PNG,
+    TOOLS,
+    chat,
+    collect,
+    sent,
+    target,
+    user,
+)
 from tests.support.fake_gemini import TOOL_ARGS, FakeGemini
-from tests.support.stack import free_port
-
-KEY = "gemini-test-key"
-KEY_ENV = "TEST_GEMINI_KEY"
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-PARAMETERS = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "properties": {
-        "q": {"type": "string", "maxLength": 5, "format": "email"},
-        "opts": {
-            "type": "object",
-            "properties": {"deep": {"type": ["boolean", "null"]}},
-            "additionalProperties": False,
-        },
-    },
-    "required": ["q"],
-    "additionalProperties": False,
-    "strict": True,
-}
-CLEAN_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "q": {"type": "string", "maxLength": 5},
-        "opts": {"type": "object", "properties": {"deep": {"type": "boolean", "nullable": True}}},
-    },
-    "required": ["q"],
-}
-TOOLS = [
-    pb.Tool(
-        type="function",
-        function=pb.FunctionDefinition(
-            name="lookup", description="Look a word up.", parameters_json=json.dumps(PARAMETERS), strict=True
-        ),
-    ),
-    pb.Tool(type="function", function=pb.FunctionDefinition(name="now", parameters_json='{"type":"object"}')),
-]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeGemini]:
-    with FakeGemini(required_api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(fake: FakeGemini) -> Iterator[None]:
-    fake.reset()
-    yield
-    fake.reset()
-
-
-@pytest.fixture
-async def provider() -> AsyncIterator[GeminiProvider]:
-    async with httpx.AsyncClient() as client:
-        yield GeminiProvider(client, {KEY_ENV: KEY})
-
-
-def target(
-    base_url: str, *, upstream: str = "gemini-up", headers: dict[str, str] | None = None, key_env: str = KEY_ENV
-) -> Target:
-    provider = cpb.Provider(
-        id="gemini", kind=cpb.PROVIDER_KIND_GEMINI, base_url=base_url, api_key_env=key_env,
-        headers=headers or {}, timeout_seconds=10, available=True,
-    )  # fmt: skip
-    model = cpb.Model(id="gemini-test", type=cpb.MODEL_TYPE_CHAT, provider="gemini")
-    deployment = cpb.Deployment(provider="gemini", upstream_model=upstream)
-    model.deployments.append(deployment)
-    return Target(model=model, deployment=deployment, provider=provider)
-
-
-def user(text: str) -> pb.Message:
-    return pb.Message(role=pb.ROLE_USER, content=text)
-
-
-def chat(*messages: pb.Message, **kwargs: Any) -> pb.ChatRequest:
-    return pb.ChatRequest(model="gemini-test", messages=messages, **kwargs)
-
-
-def sent(fake: FakeGemini) -> dict[str, Any]:
-    body = fake.requests[-1]["json"]
-    assert isinstance(body, dict)
-    return body
-
-
-async def collect(stream: AsyncIterator[pb.ChatChunk]) -> list[pb.ChatChunk]:
-    return [chunk async for chunk in stream]
-
-
-# ---------------------------------------------------------------- chat
 
 
 async def test_text_with_system_instruction(provider: GeminiProvider, fake: FakeGemini) -> None:
@@ -335,180 +249,6 @@ async def test_safety_finish_is_content_filter(provider: GeminiProvider, fake: F
     assert chunks[0].choices[0].delta.role == pb.ROLE_ASSISTANT
     assert chunks[1].choices[0].finish_reason == pb.FINISH_REASON_CONTENT_FILTER
     assert not chunks[-1].choices and chunks[-1].HasField("usage")
-
-
-# ---------------------------------------------------------------- streaming
-
-
-async def test_stream_is_incremental_and_ends_with_usage(provider: GeminiProvider, fake: FakeGemini) -> None:
-    fake.token_delay = 0.15
-    started = time.monotonic()
-    arrivals: list[tuple[float, pb.ChatChunk]] = []
-    async for chunk in provider.chat_stream(chat(user("one two three four")), target(fake.base_url)):
-        arrivals.append((time.monotonic() - started, chunk))
-    chunks = [c for _, c in arrivals]
-    call = fake.requests[-1]
-    assert call["path"] == "/v1beta/models/gemini-up:streamGenerateContent" and call["query"] == {"alt": "sse"}
-    assert call["headers"]["x-goog-api-key"] == KEY
-    first = chunks[0].choices[0]
-    assert first.delta.role == pb.ROLE_ASSISTANT and first.delta.HasField("content") and first.delta.content == ""
-    deltas = [(t, c.choices[0].delta.content) for t, c in arrivals[1:] if c.choices and c.choices[0].delta.content]
-    assert "".join(text for _, text in deltas) == "Echo: one two three four"
-    assert len(deltas) == 5
-    # Passed on as they arrive: the first words came long before the last.
-    assert deltas[-1][0] - deltas[0][0] >= 3 * 0.15 * 0.8
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == [pb.FINISH_REASON_STOP]
-    last = chunks[-1]
-    assert not last.choices and last.HasField("usage")
-    assert last.usage == pb.Usage(prompt_tokens=4, completion_tokens=5, total_tokens=9)
-    assert {c.id for c in chunks} == {chunks[0].id} and all(c.model == "gemini-up-001" for c in chunks)
-
-
-async def test_stream_tool_call(provider: GeminiProvider, fake: FakeGemini) -> None:
-    chunks = await collect(
-        provider.chat_stream(chat(user("call it"), tools=TOOLS, tool_choice_json='"required"'), target(fake.base_url))
-    )
-    calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls]
-    assert len(calls) == 1
-    (call,) = calls
-    assert call.index == 0 and call.id.startswith("call_") and call.type == "function"
-    assert call.function.name == "lookup" and json.loads(call.function.arguments) == TOOL_ARGS
-    finishes = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
-    assert finishes == [pb.FINISH_REASON_TOOL_CALLS]
-    assert chunks[-1].HasField("usage") and chunks[-1].usage.completion_tokens == 3
-
-
-async def test_stream_broken_mid_way(provider: GeminiProvider, fake: FakeGemini) -> None:
-    fake.die_mid_stream_after(2)
-    stream = provider.chat_stream(chat(user("one two three four")), target(fake.base_url))
-    with pytest.raises(UpstreamError) as info:
-        await collect(stream)
-    assert info.value.code == "upstream_stream_error"
-
-
-async def test_closing_the_stream_cancels_upstream(provider: GeminiProvider, fake: FakeGemini) -> None:
-    fake.token_delay = 0.5
-    stream = provider.chat_stream(chat(user("one two three four five six")), target(fake.base_url))
-    assert (await anext(stream)).choices[0].delta.role == pb.ROLE_ASSISTANT
-    await stream.aclose()  # type: ignore[attr-defined]
-    for _ in range(250):  # the fake notices when its next write fails
-        if fake.cancelled:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.cancelled == 1
-
-
-# ---------------------------------------------------------------- errors
-
-
-async def test_bad_request_is_the_clients(provider: GeminiProvider, fake: FakeGemini) -> None:
-    with pytest.raises(InvalidRequestError) as info:
-        await provider.chat(chat(user("hi"), sampling=pb.Sampling(n=9)), target(fake.base_url))
-    assert "candidate_count" in info.value.message and info.value.http_status == 400
-    fake.fail_next(404)
-    with pytest.raises(InvalidRequestError):
-        await provider.chat(chat(user("hi")), target(fake.base_url))
-
-
-async def test_rate_limit_and_overload_are_retryable(provider: GeminiProvider, fake: FakeGemini) -> None:
-    fake.fail_next(429, retry_after="3")
-    with pytest.raises(UpstreamError) as info:
-        await provider.chat(chat(user("hi")), target(fake.base_url))
-    assert info.value.code == "upstream_rate_limited" and info.value.retry_after == 3.0
-    assert info.value.http_status == 503 and "fake failure" in info.value.message
-    fake.fail_next(429, retry_delay="7s")
-    with pytest.raises(UpstreamError) as info:
-        await collect(provider.chat_stream(chat(user("hi")), target(fake.base_url)))
-    assert info.value.retry_after == 7.0
-    fake.fail_next(503, retry_delay="1.5s")
-    with pytest.raises(UpstreamError) as info:
-        await provider.chat(chat(user("hi")), target(fake.base_url))
-    assert info.value.http_status == 503 and info.value.retry_after == 1.5
-    fake.fail_next(500)
-    with pytest.raises(UpstreamError) as info:
-        await provider.chat(chat(user("hi")), target(fake.base_url))
-    assert info.value.http_status == 502 and info.value.code == "upstream_error"
-
-
-async def test_credentials(fake: FakeGemini) -> None:
-    async with httpx.AsyncClient() as client:
-        wrong = GeminiProvider(client, {KEY_ENV: "not-the-key"})
-        with pytest.raises(UpstreamError) as info:
-            await wrong.chat(chat(user("hi")), target(fake.base_url))
-        assert info.value.code == "provider_auth_failed" and info.value.http_status == 502
-        no_env = GeminiProvider(client, {})
-        with pytest.raises(UpstreamError) as info:
-            await no_env.chat(chat(user("hi")), target(fake.base_url))
-        assert info.value.code == "provider_unavailable" and info.value.http_status == 503
-        assert len(fake.requests) == 1  # only the wrong key's request: none is sent without a key
-        keyless = GeminiProvider(client, {})
-        with pytest.raises(UpstreamError) as info:  # a provider without api_key_env sends none: 403
-            await keyless.chat(chat(user("hi")), target(fake.base_url, key_env=""))
-        assert info.value.code == "provider_auth_failed"
-
-
-async def test_unreachable(provider: GeminiProvider) -> None:
-    with pytest.raises(UpstreamError) as info:
-        await provider.chat(chat(user("hi")), target(f"http://127.0.0.1:{free_port()}/v1beta"))
-    assert info.value.code == "provider_unavailable" and info.value.http_status == 503
-
-
-# ---------------------------------------------------------------- legacy completions
-
-
-async def test_complete_and_complete_stream(provider: GeminiProvider, fake: FakeGemini) -> None:
-    request = pb.CompleteRequest(model="gemini-test", prompts=["say this", "and that"], echo=True)
-    response = await provider.complete(request, target(fake.base_url))
-    assert [(c.index, c.text) for c in response.choices] == [
-        (0, "say thisEcho: say this"),
-        (1, "and thatEcho: and that"),
-    ]
-    assert response.usage.prompt_tokens == 4 and response.usage.completion_tokens == 6
-    chunks = [c async for c in provider.complete_stream(request, target(fake.base_url))]
-    texts: dict[int, str] = {}
-    for chunk in chunks:
-        for choice in chunk.choices:
-            texts[choice.index] = texts.get(choice.index, "") + choice.text
-    assert texts == {0: "say thisEcho: say this", 1: "and thatEcho: and that"}
-    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens == 6
-    assert sent(fake)["contents"] == [{"role": "user", "parts": [{"text": "and that"}]}]
-
-
-# ---------------------------------------------------------------- embeddings
-
-
-async def test_embeddings_with_dimensions(provider: GeminiProvider, fake: FakeGemini) -> None:
-    embed_target = target(fake.base_url, upstream="gemini-embed-up")
-    request = pb.EmbedRequest(model="gemini-embed-test", inputs=["first text", "second, longer text"], dimensions=4)
-    response = await provider.embed(request, embed_target)
-    assert fake.requests[-1]["path"] == "/v1beta/models/gemini-embed-up:batchEmbedContents"
-    assert sent(fake) == {
-        "requests": [
-            {"model": "models/gemini-embed-up", "content": {"parts": [{"text": t}]}, "outputDimensionality": 4}
-            for t in request.inputs
-        ]
-    }
-    assert [e.index for e in response.embeddings] == [0, 1]
-    assert all(len(e.values) == 4 for e in response.embeddings)
-    expected = sum(tokens.count_text(t) for t in request.inputs)  # estimated: Gemini reports no counts
-    assert response.usage.prompt_tokens == expected == response.usage.total_tokens
-    assert response.model == "gemini-embed-up"
-
-    default = await provider.embed(pb.EmbedRequest(model="m", inputs=["x"]), embed_target)
-    assert "outputDimensionality" not in sent(fake)["requests"][0] and len(default.embeddings[0].values) == 8
-
-
-async def test_embeddings_in_batches_of_100(provider: GeminiProvider, fake: FakeGemini) -> None:
-    inputs = [f"text number {i}" for i in range(150)]
-    response = await provider.embed(pb.EmbedRequest(model="m", inputs=inputs), target(fake.base_url))
-    assert [len(r["json"]["requests"]) for r in fake.requests] == [100, 50]
-    assert [e.index for e in response.embeddings] == list(range(150))
-    with pytest.raises(InvalidRequestError):
-        await provider.embed(pb.EmbedRequest(model="m", token_inputs=[pb.TokenList(tokens=[1, 2])]), target(""))
-
-
-# ---------------------------------------------------------------- translation details
 
 
 def test_clean_schema() -> None:
