@@ -141,6 +141,7 @@ ADMIN_ROUTES = [
     ("POST", "/keys/key_x/rotate", {}),
     ("POST", "/projects", {"name": "p"}),
     ("GET", "/projects", None),
+    ("PATCH", "/projects/no-such-project", {"requests_per_minute": 1}),
 ]
 
 

@@ -100,7 +100,9 @@ def test_projects_create_and_list(stack: Stack) -> None:
     assert made["project"]["id"] and made["project"]["name"] == f"Made From {slug}"
 
     listing = ok(cli(stack, "projects", "list"))
-    assert listing.splitlines()[0].split() == ["ID", "NAME", "CREATED"]
+    assert [h.strip() for h in listing.splitlines()[0].split("  ") if h.strip()] == [
+        "ID", "NAME", "RPM", "TPM", "BUDGET USD", "CREATED",
+    ]  # fmt: skip
     ids = {row[0] for row in table_rows(listing)}
     assert {slug, made["project"]["id"]} <= ids
     as_json = json.loads(ok(cli(stack, "projects", "list", "--json")))
@@ -108,6 +110,52 @@ def test_projects_create_and_list(stack: Stack) -> None:
 
     duplicate = cli(stack, "projects", "create", "--name", "again", "--id", slug)
     assert duplicate.returncode == 1 and duplicate.stderr.startswith("interlock: error: ")
+
+
+def test_project_limits_create_update_and_list(stack: Stack) -> None:
+    slug = unique("cli-limits")
+    out = ok(cli(
+        stack, "projects", "create", "--name", "CLI Limits", "--id", slug,
+        "--requests-per-minute", "100", "--tpm", "5000", "--budget-usd", "20",
+    ))  # fmt: skip
+    assert f"Created project {slug}" in out
+    assert "requests/min 100, tokens/min 5000, budget USD 20 total" in out
+
+    rows = {row[0]: row for row in table_rows(ok(cli(stack, "projects", "list")))}
+    assert rows[slug][1:5] == ["CLI Limits", "100", "5000", "20 total"]
+    assert rows["default"][2:5] == ["-", "-", "-"]  # no limits
+
+    # Only the flags given change.
+    updated = ok(cli(stack, "projects", "update", slug, "--budget-period", "monthly", "--rpm", "0"))
+    assert updated.startswith(f"Updated project {slug} (name 'CLI Limits'")
+    assert "requests/min -, tokens/min 5000, budget USD 20 monthly" in updated
+    as_json = json.loads(ok(cli(
+        stack, "projects", "update", slug, "--name", "Renamed", "--tokens-per-minute", "7", "--budget-usd", "2.5",
+        "--json",
+    )))  # fmt: skip
+    assert as_json["id"] == slug and as_json["name"] == "Renamed"
+    assert int(as_json["tokens_per_minute"]) == 7 and int(as_json["requests_per_minute"]) == 0
+    assert as_json["budget_usd"] == 2.5 and as_json["budget_period"] == "monthly"
+    listed = json.loads(ok(cli(stack, "projects", "list", "--json")))["projects"]
+    assert next(p for p in listed if p["id"] == slug) == as_json
+
+    created = json.loads(
+        ok(cli(stack, "projects", "create", "--name", unique("Cli Json"), "--budget-usd", "1", "--json"))
+    )
+    assert created["project"]["budget_usd"] == 1 and created["project"]["budget_period"] == "total"
+
+    missing = cli(stack, "projects", "update", "no-such-project", "--rpm", "5")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert "not_found_error" in missing.stderr and "HTTP 404" in missing.stderr and "no-such-project" in missing.stderr
+
+    # Usage errors: nothing to change, a negative limit, an unknown period.
+    nothing = cli(stack, "projects", "update", slug)
+    assert nothing.returncode == 2 and "needs something to change" in nothing.stderr
+    assert cli(stack, "projects", "update", slug, "--requests-per-minute", "-1").returncode == 2
+    assert cli(stack, "projects", "create", "--name", "x", "--budget-period", "weekly").returncode == 2
+    assert cli(stack, "projects", "create", "--name", "x", "--budget-usd", "nan").returncode == 2
+    final = {row[0]: row for row in table_rows(ok(cli(stack, "projects", "list")))}
+    assert final[slug][1:5] == ["Renamed", "-", "7", "2.5 monthly"]
 
 
 def test_key_lifecycle(stack: Stack) -> None:
@@ -285,6 +333,15 @@ def test_client_reports_odd_answers_without_a_traceback() -> None:
         client.list_keys()
     with mocked(lambda _: httpx.Response(200, json=[1])) as client, pytest.raises(CliError, match="not an object"):
         client.list_models()
+
+    def patch_echo(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "p", "name": "P"})
+
+    with mocked(patch_echo) as client:
+        client.update_project("a/b", tokens_per_minute=0)
+    assert seen[-1].method == "PATCH" and seen[-1].url.raw_path == b"/v1/projects/a%2Fb"
+    assert json.loads(seen[-1].content) == {"tokens_per_minute": 0}  # only what was given, 0 included
 
     def timeout(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)

@@ -148,6 +148,50 @@ def test_duplicate_project_is_rejected(store: KeyStore) -> None:
     assert store.get_project("p") == ProjectRecord(id="p", name="P", created_at=1)
 
 
+def test_project_round_trips_its_limits(store: KeyStore) -> None:
+    record = ProjectRecord(
+        id="limited", name="Limited", created_at=1_700_000_000, requests_per_minute=120,
+        tokens_per_minute=50_000, budget_usd=99.75, budget_period="monthly",
+    )  # fmt: skip
+    store.create_project(record)
+    assert store.get_project("limited") == record
+    assert store.list_projects() == [store.get_project("default"), record]
+    # No limits given: none stored.
+    plain = store.get_project("default")
+    assert plain is not None
+    assert (plain.requests_per_minute, plain.tokens_per_minute, plain.budget_usd, plain.budget_period) == (0, 0, 0, "")
+
+
+def test_update_project_changes_only_the_given_fields(store: KeyStore) -> None:
+    before = ProjectRecord(
+        id="p", name="P", created_at=5, requests_per_minute=10, budget_usd=1.0, budget_period="total"
+    )
+    store.create_project(before)
+    v = store.version()
+    changes: dict[str, object] = {"tokens_per_minute": 7_000, "budget_usd": 2.5, "budget_period": "monthly"}
+    expected = ProjectRecord(**{**before.__dict__, **changes})  # type: ignore[arg-type]
+    assert store.update_project("p", changes) == expected
+    assert store.get_project("p") == expected
+    assert store.version() > v
+    renamed = store.update_project("p", {"name": "Renamed", "requests_per_minute": 0})
+    assert renamed == ProjectRecord(**{**expected.__dict__, "name": "Renamed", "requests_per_minute": 0})
+    assert store.update_project("p", {}) == renamed  # nothing to change: just the record
+    # Other projects are untouched.
+    default = store.get_project("default")
+    assert default is not None and default.requests_per_minute == 0 and default.name == "Default"
+
+
+def test_update_project_unknown_id_and_bad_column(store: KeyStore) -> None:
+    assert store.update_project("missing", {"requests_per_minute": 1}) is None
+    assert store.update_project("missing", {}) is None
+    assert store.get_project("missing") is None
+    for column in ("id", "created_at", "burst", "name; DROP TABLE projects"):
+        with pytest.raises(ValueError, match="not updatable"):
+            store.update_project("default", {column: 1})
+    default = store.get_project("default")
+    assert default is not None and default.requests_per_minute == 0
+
+
 def test_key_round_trips_every_field(store: KeyStore) -> None:
     record = KeyRecord(
         id="k1", name="full", project="default", secret_hash="h" * 64, masked="0a0e****94c1",
@@ -226,6 +270,8 @@ def test_version_grows_with_every_write_and_is_shared(backend: Backend, store: K
     store.create_key(key("k1"))
     wrote()
     store.update_key("k1", {"revoked": True})
+    wrote()
+    store.update_project("p", {"requests_per_minute": 5})
     seen = wrote()
 
     # Reads and rejected writes leave it alone.
@@ -267,7 +313,7 @@ def test_no_column_could_hold_a_secret(backend: Backend, store: KeyStore) -> Non
         if any(word in column.lower() for word in ("secret", "token", "plain", "key"))
     ]
     # tokens_per_minute is a rate limit, not a token.
-    assert sorted(secretish) == ["api_keys.secret_hash", "api_keys.tokens_per_minute"]
+    assert sorted(secretish) == ["api_keys.secret_hash", "api_keys.tokens_per_minute", "projects.tokens_per_minute"]
 
 
 # -- SQLite only -------------------------------------------------------------------------------
@@ -303,6 +349,44 @@ def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
     db.close()
 
 
+def test_sqlite_upgrades_a_version_2_database_keeping_its_projects(tmp_path: Path) -> None:
+    """A database written by the previous release: projects without limit columns."""
+    path = tmp_path / "v2.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for script in SQLITE_MIGRATIONS[:2]:
+            for statement in (s for s in script.split(";") if s.strip()):
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.execute("INSERT INTO projects (id, name, created_at) VALUES ('team', 'Team', 1600000000)")
+        db.execute(
+            "INSERT INTO api_keys (id, name, project, secret_hash, masked, created_at, requests_per_minute)"
+            " VALUES ('k', 'K', 'team', 'k-hash', 'k-****', 1600000001, 9)"
+        )
+        assert "requests_per_minute" not in [r[1] for r in db.execute("PRAGMA table_info(projects)")]
+
+    store = SqliteKeyStore(path)
+    try:
+        assert store.get_project("team") == ProjectRecord(id="team", name="Team", created_at=1_600_000_000)
+        assert [p.id for p in store.list_projects()] == ["default", "team"]
+        assert store.get_key("k") == key("k", name="K", project="team", secret_hash="k-hash", masked="k-****",
+                                         created_at=1_600_000_001, requests_per_minute=9)  # fmt: skip
+        updated = store.update_project("team", {"tokens_per_minute": 100, "budget_usd": 3.0, "budget_period": "total"})
+        assert updated == ProjectRecord(
+            id="team", name="Team", created_at=1_600_000_000, tokens_per_minute=100, budget_usd=3.0,
+            budget_period="total",
+        )  # fmt: skip
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
+    # Opening it again applies nothing twice.
+    again = SqliteKeyStore(path)
+    try:
+        assert again.get_project("team") == updated
+    finally:
+        again.close()
+
+
 # -- PostgreSQL only ---------------------------------------------------------------------------
 
 
@@ -326,6 +410,56 @@ def test_postgres_migrations_are_recorded_once(admin: psycopg.Connection, pg_sch
     assert rows == [(n, True) for n in range(1, len(pg_store.MIGRATIONS) + 1)]
     # Nothing leaked into the default schema.
     assert admin.execute("SELECT to_regclass('public.api_keys')").fetchone() == (None,)
+
+
+def test_postgres_upgrades_a_version_1_schema_keeping_its_projects(admin: psycopg.Connection, pg_schema: str) -> None:
+    """A schema written by the previous release (migration 1 only): projects without limit columns."""
+    with admin.transaction():
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+        admin.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(pg_schema)))
+        admin.execute(pg_store.MIGRATIONS[0])
+        admin.execute(
+            "CREATE TABLE schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        admin.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        admin.execute("INSERT INTO projects (id, name, created_at) VALUES ('team', 'Team', 1600000000)")
+        admin.execute(
+            "INSERT INTO api_keys (id, name, project, secret_hash, masked, created_at)"
+            " VALUES ('k', 'K', 'team', 'k-hash', 'k-****', 1600000001)"
+        )
+
+    def project_columns() -> list[str]:
+        return [
+            r[0]
+            for r in admin.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'projects'",
+                (pg_schema,),
+            )
+        ]
+
+    assert "budget_usd" not in project_columns()
+    store = PostgresKeyStore(PG_URL, schema=pg_schema)
+    try:
+        assert {"requests_per_minute", "tokens_per_minute", "budget_usd", "budget_period"} <= set(project_columns())
+        assert store.get_project("team") == ProjectRecord(id="team", name="Team", created_at=1_600_000_000)
+        assert [p.id for p in store.list_projects()] == ["default", "team"]
+        assert store.get_key("k") == key("k", name="K", project="team", secret_hash="k-hash", masked="k-****",
+                                         created_at=1_600_000_001)  # fmt: skip
+        updated = store.update_project(
+            "team", {"requests_per_minute": 60, "budget_usd": 4.5, "budget_period": "monthly"}
+        )
+        assert updated == ProjectRecord(
+            id="team", name="Team", created_at=1_600_000_000, requests_per_minute=60, budget_usd=4.5,
+            budget_period="monthly",
+        )  # fmt: skip
+    finally:
+        store.close()
+    versions = admin.execute(
+        sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version").format(sql.Identifier(pg_schema))
+    ).fetchall()
+    assert versions == [(n,) for n in range(1, len(pg_store.MIGRATIONS) + 1)]
 
 
 def test_postgres_replicas_starting_at_once_all_succeed(admin: psycopg.Connection, pg_schema: str) -> None:

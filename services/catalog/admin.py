@@ -42,14 +42,15 @@ class AdminServicer(catalog_pb2_grpc.AdminServiceServicer):
         guard: AdminGuard,
         *,
         plans: Callable[[], list[str]],
-        on_keys_changed: Callable[[], Awaitable[None]],
+        on_changed: Callable[[], Awaitable[None]],
         pepper: bytes,
         clock: Clock,
     ) -> None:
         self._store = store
         self._guard = guard
         self._plans = plans
-        self._changed = on_keys_changed
+        # Called after every write, so WatchKeys pushes the new keys and projects.
+        self._changed = on_changed
         self._pepper = pepper
         self._clock = clock
 
@@ -105,6 +106,12 @@ class AdminServicer(catalog_pb2_grpc.AdminServiceServicer):
         record = await asyncio.to_thread(self._store.get_key, key_id)
         if record is None:
             raise NotFoundError(f"No API key with id '{key_id}'.", code="key_not_found", param="id")
+        return record
+
+    async def _existing_project(self, project_id: str) -> ProjectRecord:
+        record = await asyncio.to_thread(self._store.get_project, project_id)
+        if record is None:
+            raise _project_not_found(project_id)
         return record
 
     def _new_secret(self) -> tuple[str, str, str]:
@@ -206,19 +213,55 @@ class AdminServicer(catalog_pb2_grpc.AdminServiceServicer):
             raise _bad("name", "is required when id is not given", "ERR_MISSING_FIELD")
         if not _SLUG.match(project_id):
             raise _bad("id", "must be a slug: lowercase letters, digits, - and _, at most 63 characters")
-        record = ProjectRecord(id=project_id, name=name or project_id, created_at=int(self._clock.now()))
+        budget, period = self._check_budget(request.budget_usd, request.budget_period)
+        record = ProjectRecord(
+            id=project_id,
+            name=name or project_id,
+            created_at=int(self._clock.now()),
+            requests_per_minute=self._check_limit("requests_per_minute", request.requests_per_minute),
+            tokens_per_minute=self._check_limit("tokens_per_minute", request.tokens_per_minute),
+            budget_usd=budget,
+            budget_period=period,
+        )
         try:
             await asyncio.to_thread(self._store.create_project, record)
         except DuplicateError as exc:
             raise InvalidRequestError(
                 f"A project with id '{project_id}' already exists.", code="project_exists", param="id", http_status=409
             ) from exc
+        await self._changed()
         return pb.CreateProjectResponse(project=records.project(record))
 
     async def ListProjects(self, request: pb.ListProjectsRequest, context: Context) -> pb.ListProjectsResponse:
         self._authorize(context)
         found = await asyncio.to_thread(self._store.list_projects)
         return pb.ListProjectsResponse(projects=[records.project(p) for p in found])
+
+    async def UpdateProject(self, request: pb.UpdateProjectRequest, context: Context) -> pb.UpdateProjectResponse:
+        self._authorize(context)
+        current = await self._existing_project(request.id)
+        changes: dict[str, object] = {}
+        if request.HasField("name"):
+            name = self._check_name(request.name.strip())
+            if not name:
+                raise _bad("name", "must not be empty", "ERR_MISSING_FIELD")
+            changes["name"] = name
+        for limit in ("requests_per_minute", "tokens_per_minute"):
+            if request.HasField(limit):
+                changes[limit] = self._check_limit(limit, getattr(request, limit))
+        if request.HasField("budget_usd") or request.HasField("budget_period"):
+            budget = request.budget_usd if request.HasField("budget_usd") else current.budget_usd
+            period = request.budget_period if request.HasField("budget_period") else current.budget_period
+            changes["budget_usd"], changes["budget_period"] = self._check_budget(budget, period)
+        updated = await asyncio.to_thread(self._store.update_project, request.id, changes)
+        if updated is None:
+            raise _project_not_found(request.id)
+        await self._changed()
+        return pb.UpdateProjectResponse(project=records.project(updated))
+
+
+def _project_not_found(project_id: str) -> NotFoundError:
+    return NotFoundError(f"No project with id '{project_id}'.", code="project_not_found", param="id")
 
 
 def _plain(value: struct_pb2.Value) -> object:

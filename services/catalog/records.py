@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from interlock.catalog.v1 import catalog_pb2 as pb
@@ -53,4 +56,24 @@ def api_key(record: KeyRecord) -> pb.ApiKey:
 
 
 def project(record: ProjectRecord) -> pb.Project:
-    return pb.Project(id=record.id, name=record.name, created_at=timestamp(record.created_at))
+    return pb.Project(
+        id=record.id,
+        name=record.name,
+        created_at=timestamp(record.created_at),
+        requests_per_minute=record.requests_per_minute,
+        tokens_per_minute=record.tokens_per_minute,
+        budget_usd=record.budget_usd,
+        budget_period=record.budget_period,
+    )
+
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """What WatchKeys sends: every key (in the edge's form) and every project with its limits."""
+
+    keys: tuple[pb.ApiKey, ...]
+    projects: tuple[pb.Project, ...]
+
+    @classmethod
+    def of(cls, keys: Iterable[KeyRecord], projects: Iterable[ProjectRecord]) -> KeySnapshot:
+        return cls(tuple(api_key(k) for k in keys), tuple(project(p) for p in projects))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 
 from interlock.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from services.catalog import records
@@ -41,13 +42,19 @@ async def build_server(settings: CatalogSettings, clock: Clock | None = None) ->
         await asyncio.to_thread(
             register_bootstrap, store, settings.bootstrap_key, settings.key_pepper, int(clock.now())
         )
-    api_keys = Latest([records.api_key(k) for k in await asyncio.to_thread(store.list_keys)])
-    seen = await asyncio.to_thread(store.version)
 
-    async def refresh_keys() -> None:
+    def read_records() -> tuple[int, records.KeySnapshot]:
+        # The version first: a write racing the reads is seen again at the next poll, never missed.
+        version = store.version()
+        return version, records.KeySnapshot.of(store.list_keys(), store.list_projects())
+
+    seen, first = await asyncio.to_thread(read_records)
+    key_records = Latest(first)
+
+    async def refresh_records() -> None:
         nonlocal seen
-        seen, found = await asyncio.to_thread(lambda: (store.version(), store.list_keys()))
-        api_keys.publish([records.api_key(k) for k in found])
+        seen, snapshot = await asyncio.to_thread(read_records)
+        key_records.publish(snapshot)
 
     async def follow_other_replicas() -> None:
         # Replicas sharing a database see each other's writes through the change counter.
@@ -55,18 +62,18 @@ async def build_server(settings: CatalogSettings, clock: Clock | None = None) ->
             await asyncio.sleep(settings.keys_poll_seconds)
             try:
                 if await asyncio.to_thread(store.version) != seen:
-                    await refresh_keys()
+                    await refresh_records()
             except Exception:
                 log.warning("could not poll the key store", exc_info=True)
 
     def is_live_key(secret_hash: str) -> bool:
-        return any(k.secret_hash == secret_hash and not k.revoked for k in api_keys.value)
+        return any(k.secret_hash == secret_hash and not k.revoked for k in key_records.value.keys)
 
     admin = AdminServicer(
         store,
         AdminGuard(settings.admin_key_hash, settings.key_pepper, is_live_key),
         plans=lambda: [p.id for p in catalog.value.plans],
-        on_keys_changed=refresh_keys,
+        on_changed=refresh_records,
         pepper=settings.key_pepper,
         clock=clock,
     )
@@ -78,16 +85,18 @@ async def build_server(settings: CatalogSettings, clock: Clock | None = None) ->
         [
             Registration(
                 catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
-                CatalogServicer(catalog, api_keys),
+                CatalogServicer(catalog, key_records),
                 CATALOG_SERVICE,
             ),
             Registration(catalog_pb2_grpc.add_AdminServiceServicer_to_server, admin, ADMIN_SERVICE),
         ],
     )
     tasks = [asyncio.create_task(follow_other_replicas()), asyncio.create_task(reloader.run())]
-    reloader.install_sighup(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    reloader.install_sighup(loop)
 
     async def close() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
         for task in tasks:
             task.cancel()
         for task in tasks:

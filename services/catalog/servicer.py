@@ -10,6 +10,7 @@ import grpc
 from interlock.catalog.v1 import catalog_pb2 as pb
 from interlock.catalog.v1 import catalog_pb2_grpc
 from services.catalog.config import Catalog
+from services.catalog.records import KeySnapshot
 from services.common.broadcast import Latest
 from services.common.errors import ModelNotFoundError
 
@@ -17,9 +18,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, catalog: Latest[Catalog], api_keys: Latest[list[pb.ApiKey]]) -> None:
+    def __init__(self, catalog: Latest[Catalog], key_records: Latest[KeySnapshot]) -> None:
         self._catalog = catalog
-        self._keys = api_keys
+        self._keys = key_records
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         models = [
@@ -45,10 +46,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> AsyncIterator[pb.WatchCatalogResponse]:
         async for version, catalog in self._catalog.watch():
             yield pb.WatchCatalogResponse(
-                version=version, providers=catalog.providers, models=catalog.models, plans=catalog.plans
+                version=version,
+                providers=catalog.providers,
+                models=catalog.models,
+                plans=catalog.plans,
+                default_plan=catalog.default_plan,
             )
 
     async def WatchKeys(self, request: pb.WatchKeysRequest, context: Context) -> AsyncIterator[pb.WatchKeysResponse]:
         # Whole snapshots: key tables are small, and a reset can never leave a revoked key behind.
-        async for _version, records in self._keys.watch():
-            yield pb.WatchKeysResponse(reset=True, keys=records)
+        # Every message carries every project too, so a project's new limits arrive the same way.
+        async for _version, snapshot in self._keys.watch():
+            yield pb.WatchKeysResponse(reset=True, keys=snapshot.keys, projects=snapshot.projects)

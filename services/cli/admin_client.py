@@ -62,9 +62,16 @@ class CreatedKey(TypedDict):
 
 
 class Project(TypedDict):
+    """A project and the limits all of its keys share (0 means none)."""
+
     id: str
     name: str
     created_at: NotRequired[str]
+    # int64 fields: proto3 JSON writes them as decimal strings.
+    requests_per_minute: str | int
+    tokens_per_minute: str | int
+    budget_usd: float
+    budget_period: str
 
 
 class Pricing(TypedDict):
@@ -175,12 +182,38 @@ class AdminClient:
 
     # --- projects ---------------------------------------------------------
 
-    def create_project(self, *, name: str, project_id: str | None = None) -> Project:
-        body = {"name": name}
+    def create_project(
+        self,
+        *,
+        name: str,
+        project_id: str | None = None,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: str | None = None,
+    ) -> Project:
+        """Create a project; unset limits are left out so the server's defaults (none) apply."""
+        body: dict[str, Any] = {"name": name}
         if project_id:
             body["id"] = project_id
+        body.update(_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period))
         answer = self._request("POST", "/v1/projects", json_body=body)
         return cast(Project, answer["project"])
+
+    def update_project(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        budget_usd: float | None = None,
+        budget_period: str | None = None,
+    ) -> Project:
+        """Change only the given fields; the rest stay as they are."""
+        body: dict[str, Any] = {} if name is None else {"name": name}
+        body.update(_limits(requests_per_minute, tokens_per_minute, budget_usd, budget_period))
+        return cast(Project, self._request("PATCH", f"/v1/projects/{_segment(project_id)}", json_body=body))
 
     def list_projects(self) -> list[Project]:
         return cast(list[Project], self._request("GET", "/v1/projects").get("projects", []))
@@ -261,6 +294,19 @@ def _checked_base_url(raw: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise CliError(f"invalid gateway URL {raw!r}: expected http://host:port or https://host")
     return url
+
+
+def _limits(
+    requests_per_minute: int | None, tokens_per_minute: int | None, budget_usd: float | None, budget_period: str | None
+) -> dict[str, Any]:
+    """The limit fields of a project request that were given."""
+    given = {
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+        "budget_usd": budget_usd,
+        "budget_period": budget_period,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _segment(value: str) -> str:

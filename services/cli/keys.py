@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from services.cli.admin_client import AdminClient, CreatedKey, KeyInfo, format_json, format_table
+from services.cli.admin_client import AdminClient, CreatedKey, KeyInfo, Project, format_json, format_table
 
 ONE_TIME_NOTICE = "Store it now: the secret will not be shown again."
 KEY_COLUMNS = ("ID", "NAME", "PROJECT", "MASKED", "MODELS", "PLAN", "REVOKED")
-PROJECT_COLUMNS = ("ID", "NAME", "CREATED")
+PROJECT_COLUMNS = ("ID", "NAME", "RPM", "TPM", "BUDGET USD", "CREATED")
+PROJECT_LIMITS = ("rpm", "tpm", "budget_usd", "budget_period")
 
 
 def rfc3339(value: str) -> str:
@@ -95,17 +96,45 @@ def add_parsers(
     _json_flag(rotate)
     rotate.set_defaults(handler=rotate_key)
 
-    projects = commands.add_parser("projects", help="create and list projects (admin key)")
-    project_commands = projects.add_subparsers(dest="projects_command", required=True, metavar="{create,list}")
+    projects = commands.add_parser("projects", help="create, update and list projects (admin key)")
+    project_commands = projects.add_subparsers(dest="projects_command", required=True, metavar="{create,update,list}")
     new_project = project_commands.add_parser("create", parents=admin_options, help="create a project")
     new_project.add_argument("--name", required=True, help="display name")
     new_project.add_argument("--id", dest="project_id", help="slug (default: made from the name)")
+    _project_limit_flags(new_project)
     _json_flag(new_project)
     new_project.set_defaults(handler=create_project)
+
+    update_project_parser = project_commands.add_parser(
+        "update", parents=admin_options, help="change a project's name or limits; the rest stay as they are"
+    )
+    update_project_parser.add_argument("id", help="project id")
+    update_project_parser.add_argument("--name", help="new display name")
+    _project_limit_flags(update_project_parser, updating=True)
+    _json_flag(update_project_parser)
+    update_project_parser.set_defaults(handler=update_project, check=check_project_update)
 
     list_projects_parser = project_commands.add_parser("list", parents=admin_options, help="list projects")
     _json_flag(list_projects_parser)
     list_projects_parser.set_defaults(handler=list_projects)
+
+
+def _project_limit_flags(parser: argparse.ArgumentParser, *, updating: bool = False) -> None:
+    """The limits a project's keys share together; 0 means none (on update: removes the limit)."""
+    none = "0 removes it" if updating else "default: none"
+    parser.add_argument(
+        "--requests-per-minute", "--rpm", dest="rpm", type=non_negative_int, metavar="N",
+        help=f"requests per minute for all of the project's keys together ({none})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokens-per-minute", "--tpm", dest="tpm", type=non_negative_int, metavar="N",
+        help=f"tokens per minute for all of the project's keys together ({none})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budget-usd", type=non_negative_float, metavar="USD",
+        help=f"spending cap in USD for all of the project's keys together ({none})",
+    )  # fmt: skip
+    parser.add_argument("--budget-period", choices=("total", "monthly"), help="how the cap resets (default total)")
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -178,12 +207,74 @@ def rotate_key(args: argparse.Namespace, client: AdminClient) -> None:
         print("The old secret no longer works.")
 
 
+def _limit(value: object) -> str:
+    """A per-minute limit as listings show it: '-' for none (int64 arrives as a string in JSON)."""
+    number = int(str(value or 0))
+    return str(number) if number else "-"
+
+
+def _budget(project: Project) -> str:
+    budget = float(project.get("budget_usd") or 0)
+    return f"{budget:g} {project.get('budget_period') or 'total'}" if budget else "-"
+
+
+def describe_limits(project: Project) -> str:
+    """One line: the project's shared limits."""
+    return (
+        f"requests/min {_limit(project.get('requests_per_minute'))}, "
+        f"tokens/min {_limit(project.get('tokens_per_minute'))}, budget USD {_budget(project)}"
+    )
+
+
+def project_row(project: Project) -> tuple[str, ...]:
+    return (
+        project["id"],
+        project["name"],
+        _limit(project.get("requests_per_minute")),
+        _limit(project.get("tokens_per_minute")),
+        _budget(project),
+        project.get("created_at", "-"),
+    )
+
+
 def create_project(args: argparse.Namespace, client: AdminClient) -> None:
-    project = client.create_project(name=args.name, project_id=args.project_id)
+    project = client.create_project(
+        name=args.name,
+        project_id=args.project_id,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        budget_usd=args.budget_usd,
+        budget_period=args.budget_period,
+    )
     if args.json:
         print(format_json({"project": project}))
     else:
-        print(f"Created project {project['id']} (name {project['name']!r})")
+        print(f"Created project {project['id']} (name {project['name']!r}; {describe_limits(project)})")
+
+
+def check_project_update(args: argparse.Namespace) -> str | None:
+    """A usage problem with `projects update`, or None."""
+    if args.name is None and all(getattr(args, flag) is None for flag in PROJECT_LIMITS):
+        return (
+            "`interlock projects update` needs something to change: --name, --requests-per-minute, "
+            "--tokens-per-minute, --budget-usd or --budget-period"
+        )
+    return None
+
+
+def update_project(args: argparse.Namespace, client: AdminClient) -> None:
+    project = client.update_project(
+        args.id,
+        name=args.name,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        budget_usd=args.budget_usd,
+        budget_period=args.budget_period,
+    )
+    if args.json:
+        print(format_json(project))
+    else:
+        print(f"Updated project {project['id']} (name {project['name']!r}; {describe_limits(project)})")
 
 
 def list_projects(args: argparse.Namespace, client: AdminClient) -> None:
@@ -193,5 +284,4 @@ def list_projects(args: argparse.Namespace, client: AdminClient) -> None:
     elif not projects:
         print("No projects.")
     else:
-        rows = [(p["id"], p["name"], p.get("created_at", "-")) for p in projects]
-        print(format_table(PROJECT_COLUMNS, rows))
+        print(format_table(PROJECT_COLUMNS, [project_row(p) for p in projects]))

@@ -100,6 +100,10 @@ def _hint(args: argparse.Namespace, error: CliError) -> str:
 
 
 def run_client_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # A command may check its arguments as a whole (argparse checks them one by one).
+    check = getattr(args, "check", None)
+    if check is not None and (problem := check(args)):
+        parser.error(problem)
     key = _credential(args, parser)
     try:
         with AdminClient(args.url, key) as client:

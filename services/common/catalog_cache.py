@@ -1,5 +1,5 @@
-"""A local copy of the catalog (and optionally the key records), kept fresh
-by catalog's watch streams so hot paths never call catalog per request."""
+"""A local copy of the catalog (and optionally the key and project records),
+kept fresh by catalog's watch streams so hot paths never call catalog per request."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ class CatalogCache:
         self.models: dict[str, pb.Model] = {}
         self.providers: dict[str, pb.Provider] = {}
         self.plans: dict[str, pb.Plan] = {}
+        self.default_plan = ""
         self.keys_by_hash: dict[str, pb.ApiKey] = {}
+        # Every project with its limits, by id (only when watching keys).
+        self.projects: dict[str, pb.Project] = {}
         self._catalog_ready = asyncio.Event()
         self._keys_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -55,6 +58,7 @@ class CatalogCache:
         self.models = {m.id: m for m in snapshot.models}
         self.providers = {p.id: p for p in snapshot.providers}
         self.plans = {p.id: p for p in snapshot.plans}
+        self.default_plan = snapshot.default_plan
         self.version = snapshot.version
         self._catalog_ready.set()
 
@@ -67,6 +71,8 @@ class CatalogCache:
         for record in batch.keys:
             current[record.secret_hash] = record
         self.keys_by_hash = current
+        # Every batch carries the full set of projects: replace, never merge.
+        self.projects = {p.id: p for p in batch.projects}
         self._keys_ready.set()
 
     async def _follow(self, what: str, open_stream: Callable[[], AsyncIterable[T]], apply: Callable[[T], None]) -> None:

@@ -45,6 +45,10 @@ class FailingUsage(usage_pb2_grpc.UsageServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
         raise AssertionError("unreachable")
 
+    def GetSpend(self, request: pb.GetSpendRequest, context: grpc.ServicerContext) -> pb.GetSpendResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
+        raise AssertionError("unreachable")
+
 
 @pytest.fixture(scope="module")
 def grpc_addr() -> str:

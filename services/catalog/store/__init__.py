@@ -18,6 +18,12 @@ class ProjectRecord:
     id: str
     name: str
     created_at: int
+    # Limits shared by all of the project's keys together; 0 means none.
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    budget_usd: float = 0.0
+    # "total" or "monthly"; empty when there is no cap.
+    budget_period: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class KeyRecord:
     created_at: int = 0
 
 
-# The columns an update may change, and nothing else.
+# The key columns an update may change, and nothing else.
 UPDATABLE = frozenset(
     {
         "name",
@@ -59,6 +65,10 @@ UPDATABLE = frozenset(
 )
 
 
+# The project columns an update may change, and nothing else.
+PROJECT_UPDATABLE = frozenset({"name", "requests_per_minute", "tokens_per_minute", "budget_usd", "budget_period"})
+
+
 class DuplicateError(Exception):
     """A record with that id (or that secret hash) already exists."""
 
@@ -71,6 +81,10 @@ class KeyStore(Protocol):
     def list_projects(self) -> list[ProjectRecord]: ...
 
     def get_project(self, project_id: str) -> ProjectRecord | None: ...
+
+    def update_project(self, project_id: str, changes: dict[str, object]) -> ProjectRecord | None:
+        """Apply changes (keys from PROJECT_UPDATABLE); None if there is no such project."""
+        ...
 
     def create_key(self, key: KeyRecord) -> None:
         """Raises DuplicateError if the id or secret hash is taken."""

@@ -41,14 +41,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from services.catalog.store import UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
+from services.catalog.store import PROJECT_UPDATABLE, UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
 
 _T = TypeVar("_T")
 _Connection = psycopg.Connection[tuple[Any, ...]]
 
 # Ordered migrations; entry N produces schema version N + 1 (a row in schema_migrations).
-# Migration 1 is the SQLite store's final schema. Text keys use the "C" collation so
-# ORDER BY id sorts by code point, as SQLite does, whatever the database's locale.
+# Migration 1 is the SQLite store's schema as of its version 2; migration 2 adds the projects'
+# limits (SQLite's version 3). Text keys use the "C" collation so ORDER BY id sorts by code
+# point, as SQLite does, whatever the database's locale.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE projects (
@@ -78,6 +79,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
     INSERT INTO changes (id, version) VALUES (1, 1);
     """,
+    """
+    ALTER TABLE projects
+        ADD COLUMN IF NOT EXISTS requests_per_minute BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS tokens_per_minute BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS budget_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS budget_period TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 # First half of the two-part advisory lock key; the second half is a hash of the schema name.
@@ -91,6 +99,17 @@ _KEY_COLUMNS = (
 _SELECT_KEYS = f"SELECT {_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - constant columns
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})"  # noqa: S608
 _BUMP = "UPDATE changes SET version = version + 1 WHERE id = 1"
+_PROJECT_COLUMNS = "id, name, created_at, requests_per_minute, tokens_per_minute, budget_usd, budget_period"
+_SELECT_PROJECTS = f"SELECT {_PROJECT_COLUMNS} FROM projects"  # noqa: S608 - constant columns
+_INSERT_PROJECT = f"INSERT INTO projects ({_PROJECT_COLUMNS}) VALUES ({', '.join(['%s'] * 7)})"  # noqa: S608
+
+
+def _project(row: tuple[Any, ...]) -> ProjectRecord:
+    # Columns in _PROJECT_COLUMNS order.
+    return ProjectRecord(
+        id=row[0], name=row[1], created_at=int(row[2]), requests_per_minute=int(row[3]),
+        tokens_per_minute=int(row[4]), budget_usd=float(row[5]), budget_period=row[6],
+    )  # fmt: skip
 
 
 def _key(row: tuple[Any, ...]) -> KeyRecord:
@@ -221,19 +240,31 @@ class PostgresKeyStore:
 
     def create_project(self, project: ProjectRecord) -> None:
         self._write(
-            "INSERT INTO projects (id, name, created_at) VALUES (%s, %s, %s)",
-            (project.id, project.name, project.created_at),
-        )
+            _INSERT_PROJECT,
+            (
+                project.id, project.name, project.created_at, project.requests_per_minute, project.tokens_per_minute,
+                project.budget_usd, project.budget_period,
+            ),
+        )  # fmt: skip
 
     def list_projects(self) -> list[ProjectRecord]:
-        rows = self._run(lambda c: c.execute("SELECT id, name, created_at FROM projects ORDER BY id").fetchall())
-        return [ProjectRecord(id=r[0], name=r[1], created_at=int(r[2])) for r in rows]
+        rows = self._run(lambda c: c.execute(_SELECT_PROJECTS + " ORDER BY id").fetchall())
+        return [_project(r) for r in rows]
 
     def get_project(self, project_id: str) -> ProjectRecord | None:
-        row = self._run(
-            lambda c: c.execute("SELECT id, name, created_at FROM projects WHERE id = %s", (project_id,)).fetchone()
-        )
-        return ProjectRecord(id=row[0], name=row[1], created_at=int(row[2])) if row else None
+        row = self._run(lambda c: c.execute(_SELECT_PROJECTS + " WHERE id = %s", (project_id,)).fetchone())
+        return _project(row) if row else None
+
+    def update_project(self, project_id: str, changes: dict[str, object]) -> ProjectRecord | None:
+        unknown = set(changes) - PROJECT_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if changes:
+            assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in changes)
+            query = sql.SQL("UPDATE projects SET {} WHERE id = %s").format(assignments)
+            if self._write(query, (*changes.values(), project_id)) == 0:
+                return None
+        return self.get_project(project_id)
 
     def create_key(self, key: KeyRecord) -> None:
         self._write(

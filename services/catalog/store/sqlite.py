@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from services.catalog.store import UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
+from services.catalog.store import PROJECT_UPDATABLE, UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
 
 # Ordered migrations; the index + 1 is the schema version they produce (PRAGMA user_version).
 MIGRATIONS = (
@@ -41,12 +41,28 @@ MIGRATIONS = (
     CREATE TABLE changes (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
     INSERT INTO changes (id, version) VALUES (1, 1);
     """,
+    """
+    ALTER TABLE projects ADD COLUMN requests_per_minute INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN tokens_per_minute INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN budget_usd REAL NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN budget_period TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 _KEY_COLUMNS = (
     "id, name, project, secret_hash, masked, models, plan, requests_per_minute, tokens_per_minute, burst,"
     " budget_usd, budget_period, expires_at, revoked, created_at"
 )
+
+_PROJECT_COLUMNS = "id, name, created_at, requests_per_minute, tokens_per_minute, budget_usd, budget_period"
+
+
+def _project(row: tuple[object, ...]) -> ProjectRecord:
+    pid, name, created, rpm, tpm, budget, period = row
+    return ProjectRecord(
+        id=str(pid), name=str(name), created_at=int(created), requests_per_minute=int(rpm),  # type: ignore[call-overload]
+        tokens_per_minute=int(tpm), budget_usd=float(budget), budget_period=str(period),  # type: ignore[call-overload,arg-type]
+    )  # fmt: skip
 
 
 def _key(row: tuple[object, ...]) -> KeyRecord:
@@ -116,19 +132,34 @@ class SqliteKeyStore:
 
     def create_project(self, project: ProjectRecord) -> None:
         self._write(
-            "INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)",
-            (project.id, project.name, project.created_at),
-        )
+            f"INSERT INTO projects ({_PROJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
+            (
+                project.id, project.name, project.created_at, project.requests_per_minute, project.tokens_per_minute,
+                project.budget_usd, project.budget_period,
+            ),
+        )  # fmt: skip
 
     def list_projects(self) -> list[ProjectRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT id, name, created_at FROM projects ORDER BY id").fetchall()
-        return [ProjectRecord(id=r[0], name=r[1], created_at=r[2]) for r in rows]
+            rows = self._db.execute(f"SELECT {_PROJECT_COLUMNS} FROM projects ORDER BY id").fetchall()  # noqa: S608
+        return [_project(r) for r in rows]
 
     def get_project(self, project_id: str) -> ProjectRecord | None:
+        query = f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = ?"  # noqa: S608 - constant columns
         with self._lock:
-            row = self._db.execute("SELECT id, name, created_at FROM projects WHERE id = ?", (project_id,)).fetchone()
-        return ProjectRecord(id=row[0], name=row[1], created_at=row[2]) if row else None
+            row = self._db.execute(query, (project_id,)).fetchone()
+        return _project(row) if row else None
+
+    def update_project(self, project_id: str, changes: dict[str, object]) -> ProjectRecord | None:
+        unknown = set(changes) - PROJECT_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if changes:
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            query = f"UPDATE projects SET {assignments} WHERE id = ?"  # noqa: S608 - checked columns
+            if self._write(query, (*changes.values(), project_id)) == 0:
+                return None
+        return self.get_project(project_id)
 
     def create_key(self, key: KeyRecord) -> None:
         self._write(

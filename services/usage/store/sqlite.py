@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from interlock.usage.v1 import usage_pb2 as pb
+from services.usage.store import SpendTotal, SpendTotals
 
 MIGRATIONS = (
     """
@@ -36,6 +37,11 @@ MIGRATIONS = (
     """,
     "CREATE INDEX events_model_time ON events (model, time_unix_ms)",
     "CREATE INDEX events_key_time ON events (key_id, time_unix_ms)",
+    # Spend sums read only these covering indexes, never the wide rows. The key one also
+    # serves every lookup events_key_time did, so it replaces that one.
+    "CREATE INDEX events_key_spend ON events (key_id, time_unix_ms, cost_usd)",
+    "DROP INDEX events_key_time",
+    "CREATE INDEX events_project_spend ON events (project, time_unix_ms, cost_usd)",
 )
 
 _COLUMNS = (
@@ -43,6 +49,16 @@ _COLUMNS = (
     " deployment, prompt_tokens, completion_tokens, cached_tokens, cost_usd, latency_ms, ttft_ms, status,"
     " error_code, attempts, metadata_json, stream"
 )
+
+# One statement, so keys and projects are summed from the same snapshot. `> ''` leaves the
+# anonymous rows out by an index range instead of reading them; TOTAL is a float, 0.0 when empty.
+_SPEND = """
+    SELECT 'key', key_id, TOTAL(cost_usd), TOTAL(CASE WHEN time_unix_ms >= :since THEN cost_usd END)
+    FROM events WHERE key_id > '' GROUP BY key_id
+    UNION ALL
+    SELECT 'project', project, TOTAL(cost_usd), TOTAL(CASE WHEN time_unix_ms >= :since THEN cost_usd END)
+    FROM events WHERE project > '' GROUP BY project
+"""
 
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT(request_id) DO NOTHING"  # noqa: S608
 
@@ -92,6 +108,12 @@ class SqliteEventStore:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT COUNT(*) FROM events{where}"  # noqa: S608 - fixed column names, bound values
         return int(self._db.execute(query, args).fetchone()[0])
+
+    def spend(self, period_start_unix_ms: int) -> SpendTotals:
+        totals = SpendTotals(keys=[], projects=[])
+        for kind, owner, total, period in self._db.execute(_SPEND, {"since": period_start_unix_ms}):
+            (totals.keys if kind == "key" else totals.projects).append(SpendTotal(owner, total, period))
+        return totals
 
     def close(self) -> None:
         self._db.close()

@@ -290,6 +290,11 @@ class AdminServiceStub:
                 request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.SerializeToString,
                 response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.FromString,
                 _registered_method=True)
+        self.UpdateProject = channel.unary_unary(
+                '/interlock.catalog.v1.AdminService/UpdateProject',
+                request_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectRequest.SerializeToString,
+                response_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -353,6 +358,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateProject(self, request, context):
+        """Changes a project's limits; absent fields stay as they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -395,6 +407,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListProjects,
                     request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.FromString,
                     response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.SerializeToString,
+            ),
+            'UpdateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProject,
+                    request_deserializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectRequest.FromString,
+                    response_serializer=interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +632,33 @@ class AdminService:
             '/interlock.catalog.v1.AdminService/ListProjects',
             interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsRequest.SerializeToString,
             interlock_dot_catalog_dot_v1_dot_catalog__pb2.ListProjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.catalog.v1.AdminService/UpdateProject',
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectRequest.SerializeToString,
+            interlock_dot_catalog_dot_v1_dot_catalog__pb2.UpdateProjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,6 +127,8 @@ class AdminServiceStub:
     """Creates a project."""
     ListProjects: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListProjectsRequest, _catalog_pb2.ListProjectsResponse]
     """Lists projects."""
+    UpdateProject: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.UpdateProjectRequest, _catalog_pb2.UpdateProjectResponse]
+    """Changes a project's limits; absent fields stay as they are."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -151,6 +153,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Creates a project."""
     ListProjects: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListProjectsRequest, _catalog_pb2.ListProjectsResponse]  # type: ignore[assignment]
     """Lists projects."""
+    UpdateProject: _aio.UnaryUnaryMultiCallable[_catalog_pb2.UpdateProjectRequest, _catalog_pb2.UpdateProjectResponse]  # type: ignore[assignment]
+    """Changes a project's limits; absent fields stay as they are."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages projects and API keys. Every call needs the admin key,
@@ -220,5 +224,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.ListProjectsResponse, _abc.Awaitable[_catalog_pb2.ListProjectsResponse]]:
         """Lists projects."""
+
+    @_abc_1.abstractmethod
+    def UpdateProject(
+        self,
+        request: _catalog_pb2.UpdateProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.UpdateProjectResponse, _abc.Awaitable[_catalog_pb2.UpdateProjectResponse]]:
+        """Changes a project's limits; absent fields stay as they are."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einterlock/usage/v1/usage.proto\x12\x12interlock.usage.v1\x1a\x1cgoogle/api/annotations.proto\"\xc3\x03\n\nUsageEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x11\n\tclient_ip\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08provider\x18\t \x01(\t\x12\x12\n\ndeployment\x18\n \x01(\t\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0e \x01(\x01\x12\x12\n\nlatency_ms\x18\x0f \x01(\x03\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x03\x12*\n\x06status\x18\x11 \x01(\x0e\x32\x1a.interlock.usage.v1.Status\x12\x12\n\nerror_code\x18\x12 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12\x15\n\rmetadata_json\x18\x14 \x01(\t\x12\x0e\n\x06stream\x18\x15 \x01(\x08\"E\n\x13RecordEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.interlock.usage.v1.UsageEvent\":\n\x14RecordEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"G\n\x12\x43ountEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"$\n\x13\x43ountEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03*W\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\x32\xea\x01\n\x0cUsageService\x12\x61\n\x0cRecordEvents\x12\'.interlock.usage.v1.RecordEventsRequest\x1a(.interlock.usage.v1.RecordEventsResponse\x12w\n\x0b\x43ountEvents\x12&.interlock.usage.v1.CountEventsRequest\x1a\'.interlock.usage.v1.CountEventsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/usage/countb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einterlock/usage/v1/usage.proto\x12\x12interlock.usage.v1\x1a\x1cgoogle/api/annotations.proto\"\xc3\x03\n\nUsageEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x11\n\tclient_ip\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08provider\x18\t \x01(\t\x12\x12\n\ndeployment\x18\n \x01(\t\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0e \x01(\x01\x12\x12\n\nlatency_ms\x18\x0f \x01(\x03\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x03\x12*\n\x06status\x18\x11 \x01(\x0e\x32\x1a.interlock.usage.v1.Status\x12\x12\n\nerror_code\x18\x12 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12\x15\n\rmetadata_json\x18\x14 \x01(\t\x12\x0e\n\x06stream\x18\x15 \x01(\x08\"E\n\x13RecordEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.interlock.usage.v1.UsageEvent\":\n\x14RecordEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"G\n\x12\x43ountEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"$\n\x13\x43ountEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\",\n\x0fGetSpendRequest\x12\x19\n\x11period_start_unix\x18\x01 \x01(\x03\":\n\x05Spend\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttotal_usd\x18\x02 \x01(\x01\x12\x12\n\nperiod_usd\x18\x03 \x01(\x01\"h\n\x10GetSpendResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.interlock.usage.v1.Spend\x12+\n\x08projects\x18\x02 \x03(\x0b\x32\x19.interlock.usage.v1.Spend*W\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\x32\xc1\x02\n\x0cUsageService\x12\x61\n\x0cRecordEvents\x12\'.interlock.usage.v1.RecordEventsRequest\x1a(.interlock.usage.v1.RecordEventsResponse\x12w\n\x0b\x43ountEvents\x12&.interlock.usage.v1.CountEventsRequest\x1a\'.interlock.usage.v1.CountEventsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/usage/count\x12U\n\x08GetSpend\x12#.interlock.usage.v1.GetSpendRequest\x1a$.interlock.usage.v1.GetSpendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGESERVICE'].methods_by_name['CountEvents']._loaded_options = None
   _globals['_USAGESERVICE'].methods_by_name['CountEvents']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/usage/count'
-  _globals['_STATUS']._serialized_start=780
-  _globals['_STATUS']._serialized_end=867
+  _globals['_STATUS']._serialized_start=992
+  _globals['_STATUS']._serialized_end=1079
   _globals['_USAGEEVENT']._serialized_start=85
   _globals['_USAGEEVENT']._serialized_end=536
   _globals['_RECORDEVENTSREQUEST']._serialized_start=538
@@ -46,6 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTEVENTSREQUEST']._serialized_end=740
   _globals['_COUNTEVENTSRESPONSE']._serialized_start=742
   _globals['_COUNTEVENTSRESPONSE']._serialized_end=778
-  _globals['_USAGESERVICE']._serialized_start=870
-  _globals['_USAGESERVICE']._serialized_end=1104
+  _globals['_GETSPENDREQUEST']._serialized_start=780
+  _globals['_GETSPENDREQUEST']._serialized_end=824
+  _globals['_SPEND']._serialized_start=826
+  _globals['_SPEND']._serialized_end=884
+  _globals['_GETSPENDRESPONSE']._serialized_start=886
+  _globals['_GETSPENDRESPONSE']._serialized_end=990
+  _globals['_USAGESERVICE']._serialized_start=1082
+  _globals['_USAGESERVICE']._serialized_end=1403
 # @@protoc_insertion_point(module_scope)

@@ -223,3 +223,81 @@ class CountEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountEventsResponse: _TypeAlias = CountEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetSpendRequest(_message.Message):
+    """Request for UsageService.GetSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_START_UNIX_FIELD_NUMBER: _builtins.int
+    period_start_unix: _builtins.int
+    """Unix seconds where the period starts (such as the first of the month, UTC)."""
+    def __init__(
+        self,
+        *,
+        period_start_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_start_unix", b"period_start_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSpendRequest: _TypeAlias = GetSpendRequest  # noqa: Y015
+
+@_typing.final
+class Spend(_message.Message):
+    """Spend of one key or project, in USD."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TOTAL_USD_FIELD_NUMBER: _builtins.int
+    PERIOD_USD_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The key id or project id."""
+    total_usd: _builtins.float
+    """Everything ever recorded."""
+    period_usd: _builtins.float
+    """Recorded at or after period_start_unix."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        total_usd: _builtins.float = ...,
+        period_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "period_usd", b"period_usd", "total_usd", b"total_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Spend: _TypeAlias = Spend  # noqa: Y015
+
+@_typing.final
+class GetSpendResponse(_message.Message):
+    """Response of UsageService.GetSpend."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___Spend]: ...
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedCompositeFieldContainer[Global___Spend]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___Spend] | None = ...,
+        projects: _abc.Iterable[Global___Spend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "projects", b"projects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSpendResponse: _TypeAlias = GetSpendResponse  # noqa: Y015

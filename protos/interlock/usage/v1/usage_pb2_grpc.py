@@ -46,6 +46,11 @@ class UsageServiceStub:
                 request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsRequest.SerializeToString,
                 response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsResponse.FromString,
                 _registered_method=True)
+        self.GetSpend = channel.unary_unary(
+                '/interlock.usage.v1.UsageService/GetSpend',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
+                response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -67,6 +72,14 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSpend(self, request, context):
+        """Sums the recorded spend per key and per project, in all and since a time:
+        what budget counters are rebuilt from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UsageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.CountEvents,
                     request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsRequest.FromString,
                     response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsResponse.SerializeToString,
+            ),
+            'GetSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpend,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.FromString,
+                    response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class UsageService:
             '/interlock.usage.v1.UsageService/CountEvents',
             interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsRequest.SerializeToString,
             interlock_dot_usage_dot_v1_dot_usage__pb2.CountEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.UsageService/GetSpend',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
+            interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

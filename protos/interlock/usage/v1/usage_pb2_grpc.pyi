@@ -39,6 +39,10 @@ class UsageServiceStub:
     """Stores a batch of events; events whose request id is already stored are skipped."""
     CountEvents: _grpc.UnaryUnaryMultiCallable[_usage_pb2.CountEventsRequest, _usage_pb2.CountEventsResponse]
     """Counts stored events matching a filter."""
+    GetSpend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]
+    """Sums the recorded spend per key and per project, in all and since a time:
+    what budget counters are rebuilt from.
+    """
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -51,6 +55,10 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """Stores a batch of events; events whose request id is already stored are skipped."""
     CountEvents: _aio.UnaryUnaryMultiCallable[_usage_pb2.CountEventsRequest, _usage_pb2.CountEventsResponse]  # type: ignore[assignment]
     """Counts stored events matching a filter."""
+    GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
+    """Sums the recorded spend per key and per project, in all and since a time:
+    what budget counters are rebuilt from.
+    """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """UsageService is the durable ledger: one event per request that reached
@@ -72,5 +80,15 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.CountEventsResponse, _abc.Awaitable[_usage_pb2.CountEventsResponse]]:
         """Counts stored events matching a filter."""
+
+    @_abc_1.abstractmethod
+    def GetSpend(
+        self,
+        request: _usage_pb2.GetSpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.GetSpendResponse, _abc.Awaitable[_usage_pb2.GetSpendResponse]]:
+        """Sums the recorded spend per key and per project, in all and since a time:
+        what budget counters are rebuilt from.
+        """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
