@@ -3,7 +3,9 @@ opens the gRPC channels and the catalog cache (no module-level state)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,7 +18,9 @@ from starlette.routing import Route
 from gateway.auth import Authenticator
 from gateway.context import EdgeContext
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.estimate import Estimator
 from gateway.middleware import EdgeMiddleware
+from gateway.quota import QuotaClient
 from gateway.responses import json_response
 from gateway.routes.chat import create_chat_completion
 from gateway.routes.completions import create_completion
@@ -27,6 +31,7 @@ from gateway.transcoder import Transcoder
 from interlock.catalog.v1 import catalog_pb2
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from interlock.router.v1 import router_pb2_grpc
+from services.common import tokens
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
 
@@ -63,14 +68,25 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         cache = CatalogCache(catalog_channel, watch_keys=True)
         try:
             await cache.start(CATALOG_WAIT_SECONDS)
+            # Prompt tokens are counted for token quotas: load the tokenizer now, not on a request.
+            await asyncio.to_thread(tokens.warm_up)
+            quotas = QuotaClient(
+                ratelimit_pb2_grpc.RateLimitServiceStub(ratelimit_channel),
+                cache,
+                clock,
+                fail_open=settings.ratelimit_fail_open,
+                hold_seconds=math.ceil(settings.request_timeout_seconds),
+            )
             app.state.edge = EdgeContext(
                 settings=settings,
                 cache=cache,
                 auth=Authenticator(cache, settings.key_pepper, clock),
                 router=router_pb2_grpc.RouterServiceStub(router_channel),
-                ratelimit=ratelimit_pb2_grpc.RateLimitServiceStub(ratelimit_channel),
+                quotas=quotas,
+                estimator=Estimator(cache, settings.default_completion_tokens),
             )
             yield
+            await quotas.drain()
         finally:
             await cache.close()
             for channel in channels:

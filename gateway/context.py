@@ -3,95 +3,92 @@ which authenticates and rate-limits a request before any work is done."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import grpc
 from starlette.requests import Request
 
 from gateway.auth import Authenticator
+from gateway.estimate import Estimate, Estimator
+from gateway.quota import QuotaClient, Reservation
 from gateway.settings import EdgeSettings
 from interlock.catalog.v1 import catalog_pb2 as cpb
-from interlock.ratelimit.v1 import ratelimit_pb2 as rpb
-from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
-from services.common.errors import PermissionDeniedError, RateLimitError, UpstreamError
-
-log = logging.getLogger(__name__)
-RATELIMIT_TIMEOUT_SECONDS = 2.0
+from services.common.errors import PermissionDeniedError
 
 
 @dataclass
 class Admitted:
     key: cpb.ApiKey
     caller: pb.CallerContext
+    # Tokens and spend reserved for this request, settled when it ends.
+    reservation: Reservation | None = None
+
+
+@dataclass
+class Used:
+    """Filled in by a route with the usage it saw; settled when the request ends."""
+
+    usage: pb.Usage | None = None
 
 
 class EdgeContext:
     def __init__(
         self,
+        *,
         settings: EdgeSettings,
         cache: CatalogCache,
         auth: Authenticator,
         router: router_pb2_grpc.RouterServiceAsyncStub,
-        ratelimit: ratelimit_pb2_grpc.RateLimitServiceAsyncStub,
+        quotas: QuotaClient,
+        estimator: Estimator,
     ) -> None:
         self.settings = settings
         self.cache = cache
         self.auth = auth
         self.router = router
-        self.ratelimit = ratelimit
+        self.quotas = quotas
+        self.estimator = estimator
 
-    async def admit(self, request: Request, endpoint: str) -> Admitted:
-        key = self.auth.authenticate(request.headers)
-        client_ip = request.client.host if request.client else ""
-        await self._rate_limit(request, key, client_ip, endpoint)
+    def authenticate(self, request: Request) -> cpb.ApiKey:
+        return self.auth.authenticate(request.headers)
+
+    async def admit(
+        self,
+        request: Request,
+        endpoint: str,
+        key: cpb.ApiKey | None = None,
+        estimate: Callable[[], Estimate] | None = None,
+    ) -> Admitted:
+        """Authenticate (unless the route already did) and check every quota in one
+        call, reserving the estimate's tokens and spend; raises the 401, 429 or 503."""
+        key = key or self.authenticate(request)
         caller = pb.CallerContext(
             request_id=request.scope["state"]["request_id"],
             key_id=key.id,
             project=key.project,
-            client_ip=client_ip,
+            client_ip=request.client.host if request.client else "",
             endpoint=endpoint,
         )
-        return Admitted(key=key, caller=caller)
+        admission = await self.quotas.check(caller, key, estimate)
+        request.scope["state"]["ratelimit_headers"] = admission.headers
+        if admission.refusal is not None:
+            raise admission.refusal
+        return Admitted(key=key, caller=caller, reservation=admission.reservation)
 
-    async def _rate_limit(self, request: Request, key: cpb.ApiKey, client_ip: str, endpoint: str) -> None:
-        check = rpb.CheckRequest(
-            key_id=key.id,
-            project=key.project,
-            client_ip=client_ip,
-            endpoint=endpoint,
-            requests_per_minute=self.requests_per_minute(key),
-        )
+    @contextlib.contextmanager
+    def settling(self, admitted: Admitted) -> Iterator[Used]:
+        """Settle the reservation however the block ends: with the usage the route
+        recorded, or none (a release) when it failed before any."""
+        used = Used()
         try:
-            decision = await self.ratelimit.Check(check, timeout=RATELIMIT_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as exc:
-            if self.settings.ratelimit_fail_open:
-                log.warning("ratelimit unavailable (%s); admitting (fail open)", exc.code().name)
-                return
-            raise UpstreamError(
-                "Rate limiting is unavailable; try again shortly.", code="ratelimit_unavailable", http_status=503
-            ) from exc
-        request.scope["state"]["ratelimit_headers"] = [
-            (b"x-ratelimit-limit", str(decision.limit).encode()),
-            (b"x-ratelimit-remaining", str(decision.remaining).encode()),
-            (b"x-ratelimit-reset", str(decision.reset_at).encode()),
-        ]
-        if not decision.allowed:
-            raise RateLimitError(
-                f"Rate limit reached for requests ({decision.quota}): {decision.limit} per minute.",
-                retry_after=float(decision.retry_after_seconds),
-            )
-
-    def requests_per_minute(self, key: cpb.ApiKey) -> int:
-        """The key's own limit, else its plan's; 0 leaves the ratelimit service's default."""
-        if key.requests_per_minute:
-            return key.requests_per_minute
-        plan = self.cache.plans.get(key.plan)
-        return plan.requests_per_minute if plan is not None else 0
+            yield used
+        finally:
+            self.quotas.settle(admitted.reservation, used.usage)
 
     def may_use(self, key: cpb.ApiKey, model_id: str) -> bool:
         """A key with no model list may use everything; otherwise ids, globs or profiles."""

@@ -23,6 +23,9 @@ class EdgeSettings:
     ratelimit_fail_open: bool
     # Per-call deadline for unary router calls, in seconds.
     request_timeout_seconds: float
+    # Completion tokens reserved from token quotas when a request sets no max_tokens
+    # (capped by the model's own output limit).
+    default_completion_tokens: int
     log_level: str
 
     @classmethod
@@ -40,5 +43,6 @@ class EdgeSettings:
             max_body_bytes=get_int(env, "INTERLOCK_MAX_BODY_BYTES", 10 * 1024 * 1024),
             ratelimit_fail_open=get_bool(env, "INTERLOCK_RATELIMIT_FAIL_OPEN", True),
             request_timeout_seconds=get_float(env, "INTERLOCK_REQUEST_TIMEOUT_SECONDS", 600.0),
+            default_completion_tokens=get_int(env, "INTERLOCK_DEFAULT_COMPLETION_TOKENS", 4096),
             log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
         )

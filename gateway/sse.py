@@ -39,6 +39,8 @@ def relay(
     rest: AsyncIterator[M],
     render: Callable[[M], dict[str, Any] | None],
     request_id: str,
+    *,
+    on_close: Callable[[], None] | None = None,
 ) -> StreamingResponse:
     """Stream first and every later message, rendered; errors after the first
     byte end the stream with an error event in the public shape."""
@@ -60,5 +62,7 @@ def relay(
         finally:
             # The client left (or we are done): stop the router and, through it, the provider.
             call.cancel()
+            if on_close is not None:
+                on_close()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,4 +1,6 @@
-"""Generate the Python code for every proto under protos/interlock, in place.
+"""Generate the Python code for every proto under protos/interlock and
+protos/envoy (trimmed copies of the Envoy API that the ratelimit service
+serves), in place.
 
 The one way generated code is produced: `python protos/generate.py`. With
 `--check` it generates into a scratch directory and fails if the committed
@@ -19,7 +21,8 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PACKAGE = PROTO_ROOT / "interlock"
+# The top-level packages generated here; protos/google is only for buf's imports.
+PACKAGES = ("interlock", "envoy")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -32,7 +35,7 @@ def _plugin(name: str) -> str:
 
 
 def _sources() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.proto"))
+    return sorted(p for package in PACKAGES for p in (PROTO_ROOT / package).rglob("*.proto"))
 
 
 def generate(out: Path) -> None:
@@ -53,13 +56,17 @@ def generate(out: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     # Every directory on the way is a regular package so mypy and setuptools see it.
-    for directory in [out / "interlock", *(p for p in (out / "interlock").rglob("*") if p.is_dir())]:
-        (directory / "__init__.py").touch()
+    for package in PACKAGES:
+        for directory in [out / package, *(p for p in (out / package).rglob("*") if p.is_dir())]:
+            (directory / "__init__.py").touch()
 
 
 def _generated_files(root: Path) -> set[Path]:
-    found = {p.relative_to(root) for p in (root / "interlock").rglob("*") if p.name.endswith(GENERATED_SUFFIXES)}
-    found |= {p.relative_to(root) for p in (root / "interlock").rglob("__init__.py")}
+    found: set[Path] = set()
+    for package in PACKAGES:
+        files = list((root / package).rglob("*"))
+        found |= {p.relative_to(root) for p in files if p.name.endswith(GENERATED_SUFFIXES)}
+        found |= {p.relative_to(root) for p in files if p.name == "__init__.py"}
     return found
 
 

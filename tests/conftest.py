@@ -73,6 +73,14 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
             {**chat, "id": "nokey-chat", "deployments": [{"provider": "nokey", "model": "x"}]},
         ],
         "profiles": [{"id": "router:fast", "strategy": "fast", "candidates": ["demo-chat"]}],
+        # The session's own key has no plan, so it gets the default: roomy enough for the whole
+        # suite, yet with every kind of limit, so each request goes through reserve and settle.
+        # Tests of the limits themselves make keys of their own.
+        "plans": [
+            {"id": "developer", "requests_per_minute": 60, "tokens_per_minute": 60000, "burst": 120},
+            {"id": "roomy", "requests_per_minute": 100000, "tokens_per_minute": 1000000000, "burst": 100000},
+        ],
+        "default_plan": "roomy",
     }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.body import read_json_object
-from gateway.context import EdgeContext
+from gateway.context import EdgeContext, Used
 from gateway.responses import json_response
 from gateway.sse import open_stream, relay
 from interlock.router.v1 import router_pb2 as pb
@@ -20,22 +20,32 @@ ENDPOINT = "/v1/chat/completions"
 
 async def create_chat_completion(request: Request) -> Response:
     edge: EdgeContext = request.app.state.edge
-    admitted = await edge.admit(request, ENDPOINT)
+    key = edge.authenticate(request)
     body = await read_json_object(request, edge.settings.max_body_bytes)
     chat, stream = parse_chat_request(body)
+    edge.check_model_access(key, chat.model, chat.route)
+    admitted = await edge.admit(request, ENDPOINT, key, lambda: edge.estimator.chat(chat))
     admitted.caller.metadata_json = parse_metadata(body)
-    edge.check_model_access(admitted.key, chat.model, chat.route)
     chat.caller.CopyFrom(admitted.caller)
     if not stream:
-        response = await edge.router.Chat(chat, timeout=edge.settings.request_timeout_seconds)
+        with edge.settling(admitted) as used:
+            response = await edge.router.Chat(chat, timeout=edge.settings.request_timeout_seconds)
+            used.usage = response.usage
         return json_response(chat_response_to_json(response))
 
     include_usage = chat.stream_options.include_usage
     call = edge.router.ChatStream(pb.ChatStreamRequest(request=chat))
-    first, rest = await open_stream(call)
+    used = Used()
+    try:
+        first, rest = await open_stream(call)
+    except BaseException:
+        edge.quotas.settle(admitted.reservation, None)
+        raise
 
     def render(message: pb.ChatStreamResponse) -> dict[str, Any] | None:
         chunk = message.chunk
+        if chunk.HasField("usage"):
+            used.usage = chunk.usage
         is_usage = chunk.HasField("usage") and not chunk.choices
         if is_usage and not include_usage:
             return None  # the router always gets usage; the client only when it asked
@@ -45,4 +55,11 @@ async def create_chat_completion(request: Request) -> Response:
             payload.setdefault("usage", None)
         return payload
 
-    return relay(call, first, rest, render, admitted.caller.request_id)
+    return relay(
+        call,
+        first,
+        rest,
+        render,
+        admitted.caller.request_id,
+        on_close=lambda: edge.quotas.settle(admitted.reservation, used.usage),
+    )

@@ -16,11 +16,14 @@ ENDPOINT = "/v1/embeddings"
 
 async def create_embeddings(request: Request) -> Response:
     edge: EdgeContext = request.app.state.edge
-    admitted = await edge.admit(request, ENDPOINT)
+    key = edge.authenticate(request)
     body = await read_json_object(request, edge.settings.max_body_bytes)
     embed, encoding = parse_embedding_request(body)
+    edge.check_model_access(key, embed.model, embed.route)
+    admitted = await edge.admit(request, ENDPOINT, key, lambda: edge.estimator.embedding(embed))
     admitted.caller.metadata_json = parse_metadata(body)
-    edge.check_model_access(admitted.key, embed.model, embed.route)
     embed.caller.CopyFrom(admitted.caller)
-    response = await edge.router.Embed(embed, timeout=edge.settings.request_timeout_seconds)
+    with edge.settling(admitted) as used:
+        response = await edge.router.Embed(embed, timeout=edge.settings.request_timeout_seconds)
+        used.usage = response.usage
     return json_response(embeddings_to_json(response, encoding))

@@ -1,7 +1,9 @@
-"""RateLimitService: per-key requests-per-minute decisions."""
+"""RateLimitService: the edge's Check and Settle, mapped onto the limiter."""
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
 import grpc
@@ -9,26 +11,71 @@ import grpc
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from services.common.clock import Clock
-from services.ratelimit.backends import Backend
+from services.ratelimit.limiter import Limiter, binding, state, tightest
+from services.ratelimit.policy import Floors, Rules, scopes_for
+from services.ratelimit.quotas import MICRO, Decision, Kind
 
-WINDOW_SECONDS = 60
+Context = grpc.aio.ServicerContext[Any, Any]
+UNAVAILABLE_QUOTA = "ratelimit:unavailable"
 
 
 class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, backend: Backend, clock: Clock, default_rpm: int) -> None:
-        self._backend = backend
+    def __init__(self, limiter: Limiter, rules: Rules, floors: Floors, clock: Clock) -> None:
+        self._limiter = limiter
+        self._rules = rules
+        self._floors = floors
         self._clock = clock
-        self._default_rpm = default_rpm
 
-    async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.CheckResponse:
-        limit = request.requests_per_minute or self._default_rpm
-        result = await self._backend.hit(f"key:{request.key_id}:requests", limit, WINDOW_SECONDS, request.cost or 1)
-        retry_after = 0 if result.allowed else max(1, result.reset_at - int(self._clock.now()))
-        return pb.CheckResponse(
-            allowed=result.allowed,
-            limit=result.limit,
-            remaining=result.remaining,
-            reset_at=result.reset_at,
-            retry_after_seconds=retry_after,
-            quota="key:requests",
+    async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
+        scopes = scopes_for(request, self._rules, self._floors, self._clock.now())
+        if not scopes:
+            return pb.CheckResponse(allowed=True)
+        decision = await self._limiter.decide(
+            scopes, request.reservation_id or uuid.uuid4().hex, int(request.hold_seconds)
         )
+        if decision is None:
+            allowed = self._limiter.degraded_allows
+            return pb.CheckResponse(
+                allowed=allowed, degraded=True, quota=UNAVAILABLE_QUOTA, retry_after_seconds=0 if allowed else 1
+            )
+        return response(decision, self._limiter.now_us())
+
+    async def Settle(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:
+        check = request.check
+        if not check.reservation_id:
+            return pb.SettleResponse(settled=False)
+        scopes = scopes_for(check, self._rules, self._floors, self._clock.now())
+        settled = await self._limiter.settle(scopes, check.reservation_id, request.used_tokens, request.used_usd)
+        return pb.SettleResponse(settled=settled)
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        s = self._limiter.stats
+        return pb.GetStatsResponse(
+            checks=s.checks,
+            allowed=s.allowed,
+            refused=s.refused,
+            settles=s.settles,
+            backend_errors=s.backend_errors,
+            failed_open=s.failed_open,
+            failed_closed=s.failed_closed,
+            backend=self._limiter.backend.name,
+        )
+
+
+def response(decision: Decision, now_us: int) -> pb.CheckResponse:
+    out = pb.CheckResponse(allowed=decision.allowed, quotas=[state(o, now_us) for o in decision.outcomes])
+    described = binding(decision)
+    if described is not None:
+        described_state = state(described, now_us)
+        out.limit = described_state.limit
+        out.remaining = described_state.remaining
+        out.reset_at = described_state.reset_at
+        out.quota = described_state.name
+        if not decision.allowed:
+            out.exceeded = described_state.kind
+            out.retry_after_seconds = max(math.ceil(described.retry_us / MICRO), 1) if described.retry_us else 0
+    for kind, field in ((Kind.REQUESTS, "requests"), (Kind.TOKENS, "tokens")):
+        outcome = tightest(decision.outcomes, kind)
+        if outcome is not None:
+            getattr(out, field).CopyFrom(state(outcome, now_us))
+    return out

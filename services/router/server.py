@@ -8,10 +8,10 @@ import grpc
 import httpx
 
 from interlock.router.v1 import router_pb2, router_pb2_grpc
+from services.common import tokens
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
-from services.router import tokens
 from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers
 from services.router.providers.registry import build_adapters

@@ -12,9 +12,9 @@ import grpc
 from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
+from services.common import tokens
 from services.common.clock import Clock
 from services.common.errors import InvalidRequestError, UpstreamError
-from services.router import tokens
 from services.router.attempts import AttemptRunner, single
 from services.router.breaker import CircuitBreakers
 from services.router.ledger import Recorder

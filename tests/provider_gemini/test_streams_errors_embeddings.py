@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from interlock.router.v1 import router_pb2 as pb
+from services.common import tokens
 from services.common.errors import InvalidRequestError, UpstreamError
-from services.router import tokens
 from services.router.providers.gemini import (
     GeminiProvider,
 )

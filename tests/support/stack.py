@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
 
@@ -59,21 +60,27 @@ class Stack:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
-    def start_extra_edge(self, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-        """A second edge process wired to this stack's services, as a second replica would be."""
+    def start_extra_edge(
+        self, log_path: Path, *, ratelimit_addr: str | None = None, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """A second edge process wired to this stack's services (or another ratelimit),
+        as a second replica would be."""
         port = free_port()
         pepper = (self.data_dir / "secrets" / "key_pepper").read_text().strip()
-        env = {
+        child_env = {
             **os.environ,
             "INTERLOCK_KEY_PEPPER": pepper,
             "INTERLOCK_CATALOG_ADDR": self.service_addr("catalog"),
             "INTERLOCK_ROUTER_ADDR": self.service_addr("router"),
-            "INTERLOCK_RATELIMIT_ADDR": self.service_addr("ratelimit"),
+            "INTERLOCK_RATELIMIT_ADDR": ratelimit_addr or self.service_addr("ratelimit"),
             "INTERLOCK_EDGE_PORT": str(port),
             "INTERLOCK_LOG_LEVEL": "warning",
+            **(env or {}),
         }
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway"], env=child_env, stdout=log, stderr=subprocess.STDOUT
+            )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
@@ -85,6 +92,24 @@ class Stack:
         process.kill()
         process.wait()
         raise RuntimeError(f"extra edge did not start:\n{log_path.read_text()}")
+
+    def start_ratelimit(self, log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+        """Another ratelimit process (a replica, or one with other settings), reading
+        budgets from this stack's usage ledger."""
+        addr = env.get("INTERLOCK_RATELIMIT_LISTEN") or f"127.0.0.1:{free_port()}"
+        child_env = {
+            **os.environ,
+            "INTERLOCK_RATELIMIT_LISTEN": addr,
+            "INTERLOCK_USAGE_ADDR": self.service_addr("usage"),
+            "INTERLOCK_LOG_LEVEL": "info",
+            **env,
+        }
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.ratelimit"], env=child_env, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_grpc_health(addr, process, log_path)
+        return process, addr
 
     def count_events(self, **filters: str) -> int:
         with grpc.insecure_channel(self.service_addr("usage")) as channel:
@@ -115,6 +140,24 @@ class Stack:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_for_grpc_health(addr: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"{addr} did not become healthy:\n{log_path.read_text()}")
 
 
 def start_stack(

@@ -9,8 +9,8 @@ import pytest
 
 from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
+from services.common import tokens
 from services.common.errors import InvalidRequestError
-from services.router import tokens
 from services.router.providers.base import Target
 from services.router.providers.demo import DemoProvider
 

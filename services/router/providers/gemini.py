@@ -12,8 +12,8 @@ import httpx
 import orjson
 
 from interlock.router.v1 import router_pb2 as pb
+from services.common import tokens
 from services.common.errors import InterlockError, InvalidRequestError, UpstreamError
-from services.router import tokens
 from services.router.providers.base import Target
 from services.router.providers.gemini_schema import clean_schema
 from services.router.providers.gemini_wire import (

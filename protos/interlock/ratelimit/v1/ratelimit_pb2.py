@@ -24,17 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interlock/ratelimit/v1/ratelimit.proto\x12\x16interlock.ratelimit.v1\"\x7f\n\x0c\x43heckRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x05 \x01(\x03\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x03\"\x80\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x10\n\x08reset_at\x18\x04 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x05 \x01(\x03\x12\r\n\x05quota\x18\x06 \x01(\t2h\n\x10RateLimitService\x12T\n\x05\x43heck\x12$.interlock.ratelimit.v1.CheckRequest\x1a%.interlock.ratelimit.v1.CheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interlock/ratelimit/v1/ratelimit.proto\x12\x16interlock.ratelimit.v1\"z\n\x06Limits\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\x03\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x03\x12\r\n\x05\x62urst\x18\x03 \x01(\x03\x12\x12\n\nbudget_usd\x18\x04 \x01(\x01\x12\x15\n\rbudget_period\x18\x05 \x01(\t\"\xc2\x02\n\x0c\x43heckRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x11\n\tclient_ip\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x32\n\nkey_limits\x18\x07 \x01(\x0b\x32\x1e.interlock.ratelimit.v1.Limits\x12\x36\n\x0eproject_limits\x18\x08 \x01(\x0b\x32\x1e.interlock.ratelimit.v1.Limits\x12\x16\n\x0ereservation_id\x18\t \x01(\t\x12\x16\n\x0ereserve_tokens\x18\n \x01(\x03\x12\x13\n\x0breserve_usd\x18\x0b \x01(\x01\x12\x14\n\x0chold_seconds\x18\x0c \x01(\x03J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x13requests_per_minuteR\x04\x63ost\"\x90\x01\n\nQuotaState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.interlock.ratelimit.v1.QuotaKind\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\x10\n\x08reset_at\x18\x05 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x06 \x01(\x08\"\xe5\x02\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\x10\n\x08reset_at\x18\x04 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x05 \x01(\x03\x12\r\n\x05quota\x18\x06 \x01(\t\x12\x33\n\x08\x65xceeded\x18\x07 \x01(\x0e\x32!.interlock.ratelimit.v1.QuotaKind\x12\x34\n\x08requests\x18\x08 \x01(\x0b\x32\".interlock.ratelimit.v1.QuotaState\x12\x32\n\x06tokens\x18\t \x01(\x0b\x32\".interlock.ratelimit.v1.QuotaState\x12\x32\n\x06quotas\x18\n \x03(\x0b\x32\".interlock.ratelimit.v1.QuotaState\x12\x10\n\x08\x64\x65graded\x18\x0b \x01(\x08\"k\n\rSettleRequest\x12\x33\n\x05\x63heck\x18\x01 \x01(\x0b\x32$.interlock.ratelimit.v1.CheckRequest\x12\x13\n\x0bused_tokens\x18\x02 \x01(\x03\x12\x10\n\x08used_usd\x18\x03 \x01(\x01\"!\n\x0eSettleResponse\x12\x0f\n\x07settled\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xaa\x01\n\x10GetStatsResponse\x12\x0e\n\x06\x63hecks\x18\x01 \x01(\x03\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x03\x12\x0f\n\x07refused\x18\x03 \x01(\x03\x12\x0f\n\x07settles\x18\x04 \x01(\x03\x12\x16\n\x0e\x62\x61\x63kend_errors\x18\x05 \x01(\x03\x12\x13\n\x0b\x66\x61iled_open\x18\x06 \x01(\x03\x12\x15\n\rfailed_closed\x18\x07 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t*n\n\tQuotaKind\x12\x1a\n\x16QUOTA_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13QUOTA_KIND_REQUESTS\x10\x01\x12\x15\n\x11QUOTA_KIND_TOKENS\x10\x02\x12\x15\n\x11QUOTA_KIND_BUDGET\x10\x03\x32\xa0\x02\n\x10RateLimitService\x12T\n\x05\x43heck\x12$.interlock.ratelimit.v1.CheckRequest\x1a%.interlock.ratelimit.v1.CheckResponse\x12W\n\x06Settle\x12%.interlock.ratelimit.v1.SettleRequest\x1a&.interlock.ratelimit.v1.SettleResponse\x12]\n\x08GetStats\x12\'.interlock.ratelimit.v1.GetStatsRequest\x1a(.interlock.ratelimit.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interlock.ratelimit.v1.ratelimit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKREQUEST']._serialized_start=66
-  _globals['_CHECKREQUEST']._serialized_end=193
-  _globals['_CHECKRESPONSE']._serialized_start=196
-  _globals['_CHECKRESPONSE']._serialized_end=324
-  _globals['_RATELIMITSERVICE']._serialized_start=326
-  _globals['_RATELIMITSERVICE']._serialized_end=430
+  _globals['_QUOTAKIND']._serialized_start=1358
+  _globals['_QUOTAKIND']._serialized_end=1468
+  _globals['_LIMITS']._serialized_start=66
+  _globals['_LIMITS']._serialized_end=188
+  _globals['_CHECKREQUEST']._serialized_start=191
+  _globals['_CHECKREQUEST']._serialized_end=513
+  _globals['_QUOTASTATE']._serialized_start=516
+  _globals['_QUOTASTATE']._serialized_end=660
+  _globals['_CHECKRESPONSE']._serialized_start=663
+  _globals['_CHECKRESPONSE']._serialized_end=1020
+  _globals['_SETTLEREQUEST']._serialized_start=1022
+  _globals['_SETTLEREQUEST']._serialized_end=1129
+  _globals['_SETTLERESPONSE']._serialized_start=1131
+  _globals['_SETTLERESPONSE']._serialized_end=1164
+  _globals['_GETSTATSREQUEST']._serialized_start=1166
+  _globals['_GETSTATSREQUEST']._serialized_end=1183
+  _globals['_GETSTATSRESPONSE']._serialized_start=1186
+  _globals['_GETSTATSRESPONSE']._serialized_end=1356
+  _globals['_RATELIMITSERVICE']._serialized_start=1471
+  _globals['_RATELIMITSERVICE']._serialized_end=1759
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +19,66 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _QuotaKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuotaKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuotaKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUOTA_KIND_UNSPECIFIED: _QuotaKind.ValueType  # 0
+    QUOTA_KIND_REQUESTS: _QuotaKind.ValueType  # 1
+    QUOTA_KIND_TOKENS: _QuotaKind.ValueType  # 2
+    QUOTA_KIND_BUDGET: _QuotaKind.ValueType  # 3
+    """Spend in USD; limit and remaining are in billionths of a USD."""
+
+class QuotaKind(_QuotaKind, metaclass=_QuotaKindEnumTypeWrapper):
+    """What kind of quantity a quota counts."""
+
+QUOTA_KIND_UNSPECIFIED: QuotaKind.ValueType  # 0
+QUOTA_KIND_REQUESTS: QuotaKind.ValueType  # 1
+QUOTA_KIND_TOKENS: QuotaKind.ValueType  # 2
+QUOTA_KIND_BUDGET: QuotaKind.ValueType  # 3
+"""Spend in USD; limit and remaining are in billionths of a USD."""
+Global___QuotaKind: _TypeAlias = QuotaKind  # noqa: Y015
+
+@_typing.final
+class Limits(_message.Message):
+    """The limits a subject (an API key or a project) carries in its catalog record.
+    Zero means no limit of that kind.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    tokens_per_minute: _builtins.int
+    burst: _builtins.int
+    """Requests allowed at once above the steady rate; 0 means requests_per_minute."""
+    budget_usd: _builtins.float
+    """Spending cap in USD."""
+    budget_period: _builtins.str
+    """"total" or "monthly"; empty means total."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+        burst: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        budget_period: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_period", b"budget_period", "budget_usd", b"budget_usd", "burst", b"burst", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
 @_typing.final
 class CheckRequest(_message.Message):
     """Request for RateLimitService.Check."""
@@ -26,18 +89,34 @@ class CheckRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     CLIENT_IP_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
-    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
-    COST_FIELD_NUMBER: _builtins.int
+    KEY_LIMITS_FIELD_NUMBER: _builtins.int
+    PROJECT_LIMITS_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    RESERVE_TOKENS_FIELD_NUMBER: _builtins.int
+    RESERVE_USD_FIELD_NUMBER: _builtins.int
+    HOLD_SECONDS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """The API key id the request is made with."""
+    """The API key id the request is made with; empty for anonymous callers."""
     project: _builtins.str
     client_ip: _builtins.str
     endpoint: _builtins.str
-    """Public endpoint, such as /v1/chat/completions."""
-    requests_per_minute: _builtins.int
-    """Requests per minute allowed for this key; 0 means the service default."""
-    cost: _builtins.int
-    """Requests consumed by this call; 0 means 1."""
+    """Public endpoint, such as /v1/chat/completions; picks the endpoint class."""
+    reservation_id: _builtins.str
+    """Identifies the reservation for Settle; a unique request id."""
+    reserve_tokens: _builtins.int
+    """Tokens to reserve: prompt tokens plus max_tokens (or a default)."""
+    reserve_usd: _builtins.float
+    """Spend to reserve, in USD: an upper bound of what the request can cost."""
+    hold_seconds: _builtins.int
+    """How long an unsettled reservation is held before it lapses; 0 means the
+    service default.
+    """
+    @_builtins.property
+    def key_limits(self) -> Global___Limits:
+        """Limits of the key and of its project, resolved from plan and overrides."""
+
+    @_builtins.property
+    def project_limits(self) -> Global___Limits: ...
     def __init__(
         self,
         *,
@@ -45,20 +124,64 @@ class CheckRequest(_message.Message):
         project: _builtins.str = ...,
         client_ip: _builtins.str = ...,
         endpoint: _builtins.str = ...,
-        requests_per_minute: _builtins.int = ...,
-        cost: _builtins.int = ...,
+        key_limits: Global___Limits | None = ...,
+        project_limits: Global___Limits | None = ...,
+        reservation_id: _builtins.str = ...,
+        reserve_tokens: _builtins.int = ...,
+        reserve_usd: _builtins.float = ...,
+        hold_seconds: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_limits", b"key_limits", "project_limits", b"project_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "cost", b"cost", "endpoint", b"endpoint", "key_id", b"key_id", "project", b"project", "requests_per_minute", b"requests_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "endpoint", b"endpoint", "hold_seconds", b"hold_seconds", "key_id", b"key_id", "key_limits", b"key_limits", "project", b"project", "project_limits", b"project_limits", "reservation_id", b"reservation_id", "reserve_tokens", b"reserve_tokens", "reserve_usd", b"reserve_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
 
 @_typing.final
+class QuotaState(_message.Message):
+    """The state of one quota after a decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESET_AT_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Such as key:requests, project:tokens, ip:chat:requests, key:budget."""
+    kind: Global___QuotaKind.ValueType
+    limit: _builtins.int
+    remaining: _builtins.int
+    reset_at: _builtins.int
+    """Unix seconds when the quota is full again (for a budget: when its period ends, 0 for total)."""
+    allowed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___QuotaKind.ValueType = ...,
+        limit: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        reset_at: _builtins.int = ...,
+        allowed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "kind", b"kind", "limit", b"limit", "name", b"name", "remaining", b"remaining", "reset_at", b"reset_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaState: _TypeAlias = QuotaState  # noqa: Y015
+
+@_typing.final
 class CheckResponse(_message.Message):
-    """Response of RateLimitService.Check, describing the tightest quota."""
+    """Response of RateLimitService.Check. Fields 2 to 6 describe the quota that
+    refused the request, or else the tightest request quota.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -68,15 +191,36 @@ class CheckResponse(_message.Message):
     RESET_AT_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     QUOTA_FIELD_NUMBER: _builtins.int
+    EXCEEDED_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     limit: _builtins.int
     remaining: _builtins.int
     reset_at: _builtins.int
-    """Unix seconds when the quota resets."""
+    """Unix seconds when that quota resets."""
     retry_after_seconds: _builtins.int
     """Seconds to wait before retrying, when not allowed."""
     quota: _builtins.str
-    """Name of the quota this answer describes, such as key:requests."""
+    """Name of the quota these fields describe."""
+    exceeded: Global___QuotaKind.ValueType
+    """Kind of the quota that refused the request; unspecified when allowed."""
+    degraded: _builtins.bool
+    """True when the decision was made without the backend (it failed and the
+    service fails open); no quota was consumed.
+    """
+    @_builtins.property
+    def requests(self) -> Global___QuotaState:
+        """The tightest request and token quotas, for response headers; unset when none applies."""
+
+    @_builtins.property
+    def tokens(self) -> Global___QuotaState: ...
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaState]:
+        """Every quota that applied."""
+
     def __init__(
         self,
         *,
@@ -86,11 +230,131 @@ class CheckResponse(_message.Message):
         reset_at: _builtins.int = ...,
         retry_after_seconds: _builtins.int = ...,
         quota: _builtins.str = ...,
+        exceeded: Global___QuotaKind.ValueType = ...,
+        requests: Global___QuotaState | None = ...,
+        tokens: Global___QuotaState | None = ...,
+        quotas: _abc.Iterable[Global___QuotaState] | None = ...,
+        degraded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "limit", b"limit", "quota", b"quota", "remaining", b"remaining", "reset_at", b"reset_at", "retry_after_seconds", b"retry_after_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "degraded", b"degraded", "exceeded", b"exceeded", "limit", b"limit", "quota", b"quota", "quotas", b"quotas", "remaining", b"remaining", "requests", b"requests", "reset_at", b"reset_at", "retry_after_seconds", b"retry_after_seconds", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckResponse: _TypeAlias = CheckResponse  # noqa: Y015
+
+@_typing.final
+class SettleRequest(_message.Message):
+    """Request for RateLimitService.Settle: the original check and the real usage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    USED_USD_FIELD_NUMBER: _builtins.int
+    used_tokens: _builtins.int
+    used_usd: _builtins.float
+    @_builtins.property
+    def check(self) -> Global___CheckRequest:
+        """The CheckRequest exactly as it was sent."""
+
+    def __init__(
+        self,
+        *,
+        check: Global___CheckRequest | None = ...,
+        used_tokens: _builtins.int = ...,
+        used_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "used_tokens", b"used_tokens", "used_usd", b"used_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleRequest: _TypeAlias = SettleRequest  # noqa: Y015
+
+@_typing.final
+class SettleResponse(_message.Message):
+    """Response of RateLimitService.Settle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLED_FIELD_NUMBER: _builtins.int
+    settled: _builtins.bool
+    """False when the reservation had already lapsed or been settled."""
+    def __init__(
+        self,
+        *,
+        settled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settled", b"settled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleResponse: _TypeAlias = SettleResponse  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    """Request for RateLimitService.GetStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    """Response of RateLimitService.GetStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKS_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    SETTLES_FIELD_NUMBER: _builtins.int
+    BACKEND_ERRORS_FIELD_NUMBER: _builtins.int
+    FAILED_OPEN_FIELD_NUMBER: _builtins.int
+    FAILED_CLOSED_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    checks: _builtins.int
+    allowed: _builtins.int
+    refused: _builtins.int
+    settles: _builtins.int
+    backend_errors: _builtins.int
+    """Backend calls that failed (Redis unreachable, timed out, ...)."""
+    failed_open: _builtins.int
+    """Checks admitted without the backend because the service fails open."""
+    failed_closed: _builtins.int
+    """Checks refused because the backend failed and the service fails closed."""
+    backend: _builtins.str
+    """"memory" or "redis"."""
+    def __init__(
+        self,
+        *,
+        checks: _builtins.int = ...,
+        allowed: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        settles: _builtins.int = ...,
+        backend_errors: _builtins.int = ...,
+        failed_open: _builtins.int = ...,
+        failed_closed: _builtins.int = ...,
+        backend: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "backend", b"backend", "backend_errors", b"backend_errors", "checks", b"checks", "failed_closed", b"failed_closed", "failed_open", b"failed_open", "refused", b"refused", "settles", b"settles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015

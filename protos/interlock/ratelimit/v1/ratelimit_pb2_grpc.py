@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class RateLimitServiceStub:
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     def __init__(self, channel):
@@ -41,15 +44,42 @@ class RateLimitServiceStub:
                 request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
                 response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/interlock.ratelimit.v1.RateLimitService/Settle',
+                request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
+                response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/interlock.ratelimit.v1.RateLimitService/GetStats',
+                request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RateLimitServiceServicer:
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     def Check(self, request, context):
-        """Checks and consumes one request of every quota that applies.
+        """Checks every applicable quota and reserves from all of them, or from none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settle(self, request, context):
+        """Settles a reservation with the real usage; zero usage releases it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Counters of decisions and of backend failures since the process started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +93,16 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
                     request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.FromString,
                     response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.SerializeToString,
             ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.FromString,
+                    response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.FromString,
+                    response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'interlock.ratelimit.v1.RateLimitService', rpc_method_handlers)
@@ -72,8 +112,11 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RateLimitService:
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     @staticmethod
@@ -93,6 +136,60 @@ class RateLimitService:
             '/interlock.ratelimit.v1.RateLimitService/Check',
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckRequest.SerializeToString,
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.ratelimit.v1.RateLimitService/Settle',
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.ratelimit.v1.RateLimitService/GetStats',
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.SerializeToString,
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

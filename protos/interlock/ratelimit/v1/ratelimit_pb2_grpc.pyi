@@ -27,8 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RateLimitServiceStub:
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     @_typing.overload
@@ -36,21 +39,35 @@ class RateLimitServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RateLimitServiceAsyncStub: ...
     Check: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.CheckRequest, _ratelimit_pb2.CheckResponse]
-    """Checks and consumes one request of every quota that applies."""
+    """Checks every applicable quota and reserves from all of them, or from none."""
+    Settle: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]
+    """Settles a reservation with the real usage; zero usage releases it."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]
+    """Counters of decisions and of backend failures since the process started."""
 
 @_typing.type_check_only
 class RateLimitServiceAsyncStub(RateLimitServiceStub):
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Check: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.CheckRequest, _ratelimit_pb2.CheckResponse]  # type: ignore[assignment]
-    """Checks and consumes one request of every quota that applies."""
+    """Checks every applicable quota and reserves from all of them, or from none."""
+    Settle: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]  # type: ignore[assignment]
+    """Settles a reservation with the real usage; zero usage releases it."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Counters of decisions and of backend failures since the process started."""
 
 class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RateLimitService decides whether a request may proceed and reports the
-    quota state the edge turns into X-RateLimit-* headers.
+    """RateLimitService decides whether a request may proceed. One Check looks at
+    every quota that applies to the request (its key, its project, its client
+    IP, its endpoint class) and, only when all have room, takes one request and
+    reserves the estimated tokens and spend from each. Settle then corrects the
+    reservation with what the request really used.
     """
 
     @_abc_1.abstractmethod
@@ -59,6 +76,22 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ratelimit_pb2.CheckRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimit_pb2.CheckResponse, _abc.Awaitable[_ratelimit_pb2.CheckResponse]]:
-        """Checks and consumes one request of every quota that applies."""
+        """Checks every applicable quota and reserves from all of them, or from none."""
+
+    @_abc_1.abstractmethod
+    def Settle(
+        self,
+        request: _ratelimit_pb2.SettleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.SettleResponse, _abc.Awaitable[_ratelimit_pb2.SettleResponse]]:
+        """Settles a reservation with the real usage; zero usage releases it."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _ratelimit_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.GetStatsResponse, _abc.Awaitable[_ratelimit_pb2.GetStatsResponse]]:
+        """Counters of decisions and of backend failures since the process started."""
 
 def add_RateLimitServiceServicer_to_server(servicer: RateLimitServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
