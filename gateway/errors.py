@@ -15,18 +15,11 @@ from services.common.errors import (
     InterlockError,
     InvalidRequestError,
     NotFoundError,
+    error_body,
     from_rpc_error,
 )
 
 log = logging.getLogger(__name__)
-
-
-def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
-    return {
-        "error": {"type": error.error_type, "message": error.message, "param": error.param, "code": error.code},
-        "request_id": request_id,
-        "status": error.http_status,
-    }
 
 
 def error_response(error: InterlockError, request_id: str) -> Response:

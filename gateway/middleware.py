@@ -11,8 +11,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import error_body
-from services.common.errors import ServerError
+from services.common.errors import ServerError, error_body
 
 log = logging.getLogger(__name__)
 # Accept a caller's request id only when it is short and plain, so logs stay clean.

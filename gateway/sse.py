@@ -10,8 +10,7 @@ import grpc
 import orjson
 from starlette.responses import StreamingResponse
 
-from gateway.errors import error_body
-from services.common.errors import InterlockError, UpstreamError, from_rpc_error
+from services.common.errors import InterlockError, UpstreamError, error_body, from_rpc_error
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")

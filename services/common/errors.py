@@ -8,7 +8,7 @@ error shape. Nothing else sets status codes by hand.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -106,6 +106,15 @@ class UpstreamError(InterlockError):
 
 class ServerError(InterlockError):
     pass
+
+
+def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
+    """The public error shape every HTTP answer (the edge's, Envoy's 429) uses."""
+    return {
+        "error": {"type": error.error_type, "message": error.message, "param": error.param, "code": error.code},
+        "request_id": request_id,
+        "status": error.http_status,
+    }
 
 
 def _all_subclasses(cls: type[InterlockError]) -> list[type[InterlockError]]:

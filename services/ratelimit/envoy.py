@@ -41,7 +41,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import duration_pb2
 
-from services.common.errors import InterlockError, RateLimitError
+from services.common.errors import InterlockError, RateLimitError, error_body
 from services.ratelimit.limiter import Limiter, binding, reset_at
 from services.ratelimit.policy import DEFAULT_CLASS, Rules, endpoint_class, ip_quotas
 from services.ratelimit.quotas import MICRO, MINUTE_US, Decision, Kind, Quota, QuotaOutcome, Scope
@@ -228,12 +228,3 @@ def _refuse(out: Response, error: InterlockError, outcome: QuotaOutcome | None, 
     headers.append(("retry-after", str(max(1, round(error.retry_after or 1)))))
     out.response_headers_to_add.extend(base_pb2.HeaderValue(key=key, value=value) for key, value in headers)
     out.raw_body = orjson.dumps(error_body(error, request_id))
-
-
-def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
-    """The public error shape, as gateway.errors.error_body renders it."""
-    return {
-        "error": {"type": error.error_type, "message": error.message, "param": error.param, "code": error.code},
-        "request_id": request_id,
-        "status": error.http_status,
-    }
