@@ -12,7 +12,7 @@ BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 INSTALL_BUF = test "$$($(BUF) --version 2>/dev/null)" = $(BUF_VERSION) || npm install --no-save --no-audit --no-fund --loglevel=error --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION) >/dev/null
 
-.PHONY: up test generate proto-check lint typecheck pytest
+.PHONY: up test generate proto-check lint typecheck pytest bench-ratelimit
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,10 @@ pytest: $(STAMP)
 
 generate: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# The ratelimit decision benchmark (bench/README.md): the real service over gRPC,
+# 10 s per backend after a 2 s warm-up, memory then Redis (redis://127.0.0.1:6379/0
+# unless BENCH_ARGS says --redis-url). More flags through BENCH_ARGS, such as
+# BENCH_ARGS='--backend memory --json bench.json'.
+bench-ratelimit: $(STAMP)
+	$(BIN)/python -m bench.ratelimit --seconds 10 --warmup 2 --concurrency 32 $(BENCH_ARGS)
