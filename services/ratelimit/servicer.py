@@ -63,10 +63,12 @@ class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
 
 
 def response(decision: Decision, now_us: int) -> pb.CheckResponse:
-    out = pb.CheckResponse(allowed=decision.allowed, quotas=[state(o, now_us) for o in decision.outcomes])
+    # One QuotaState per outcome, reused for the summary fields: this runs on every request.
+    states = {id(o): state(o, now_us) for o in decision.outcomes}
+    out = pb.CheckResponse(allowed=decision.allowed, quotas=states.values())
     described = binding(decision)
     if described is not None:
-        described_state = state(described, now_us)
+        described_state = states[id(described)]
         out.limit = described_state.limit
         out.remaining = described_state.remaining
         out.reset_at = described_state.reset_at
@@ -77,5 +79,5 @@ def response(decision: Decision, now_us: int) -> pb.CheckResponse:
     for kind, field in ((Kind.REQUESTS, "requests"), (Kind.TOKENS, "tokens")):
         outcome = tightest(decision.outcomes, kind)
         if outcome is not None:
-            getattr(out, field).CopyFrom(state(outcome, now_us))
+            getattr(out, field).CopyFrom(states[id(outcome)])
     return out
