@@ -56,10 +56,9 @@ from bench.harness import (
 )
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
-from services.ratelimit.backends.memory import MemoryBackend
-from services.ratelimit.backends.redis import RedisBackend
 from services.ratelimit.policy import Floors, scopes_for
 from services.ratelimit.quotas import MICRO, Backend, BackendUnavailableError, Scope
+from services.ratelimit.server import build_backend
 from services.ratelimit.settings import RateLimitSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RateLimitService"].full_name
@@ -494,23 +493,11 @@ def run_backend(backend: str, options: Options) -> Result:
     return result
 
 
-def backend_for(settings: RateLimitSettings) -> Backend:
-    """The backend as the service builds it (services.ratelimit.server.build_backend)."""
-    if not settings.redis_url:
-        return MemoryBackend()
-    return RedisBackend.from_url(
-        settings.redis_url,
-        settings.redis_prefix,
-        cluster=settings.redis_cluster,
-        timeout_seconds=settings.redis_timeout_seconds,
-    )
-
-
 async def child_backend(backend: str, options: Options, prefix: str) -> Result:
     """In the child: build the backend as the service would, and drive it."""
     env = service_env(backend, "127.0.0.1:0", options, prefix)
     settings = RateLimitSettings.from_env(env)
-    counters = backend_for(settings)
+    counters = build_backend(settings)
     try:
         measured = await drive(
             BackendTarget(counters, settings), Workload(options.keys), options, meter_for(backend, options, None)
