@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import openai
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.keystore import PG_URL
 from tests.support.stack import Stack, free_port, start_stack, stop_stack
 
 UPSTREAM_KEY = "sk-upstream-test-key"
@@ -116,3 +120,22 @@ def client(stack: Stack) -> Iterator[openai.OpenAI]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test server."""
+    try:
+        conn = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} (start it as .ci/run does): {exc}")
+    with conn:
+        yield conn
+
+
+@pytest.fixture
+def pg_schema(admin: psycopg.Connection) -> Iterator[str]:
+    """A unique schema name, not yet created; dropped with everything in it afterwards."""
+    schema = f"t_{uuid4().hex[:12]}"
+    yield schema
+    admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
