@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import grpc
 from starlette.requests import Request
 
 from gateway.auth import Authenticator
 from gateway.estimate import Estimate, Estimator
 from gateway.quota import QuotaClient, Reservation
 from gateway.settings import EdgeSettings
+from gateway.sse import open_stream
 from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
 from services.common.errors import PermissionDeniedError
+
+M = TypeVar("M")
 
 
 @dataclass
@@ -79,6 +84,20 @@ class EdgeContext:
         if admission.refusal is not None:
             raise admission.refusal
         return Admitted(key=key, caller=caller, reservation=admission.reservation)
+
+    async def open_settled_stream(
+        self, admitted: Admitted, call: grpc.aio.UnaryStreamCall[Any, M]
+    ) -> tuple[M, AsyncIterator[M], Used, Callable[[], None]]:
+        """Open a router stream; the route records usage in the Used it gets back,
+        and the callback (for relay's on_close) settles with it when the stream ends.
+        A stream that fails before its first message is settled at once."""
+        used = Used()
+        try:
+            first, rest = await open_stream(call)
+        except BaseException:
+            self.quotas.settle(admitted.reservation, None)
+            raise
+        return first, rest, used, lambda: self.quotas.settle(admitted.reservation, used.usage)
 
     @contextlib.contextmanager
     def settling(self, admitted: Admitted) -> Iterator[Used]:

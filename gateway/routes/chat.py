@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.body import read_json_object
-from gateway.context import EdgeContext, Used
+from gateway.context import EdgeContext
 from gateway.responses import json_response
-from gateway.sse import open_stream, relay
+from gateway.sse import relay
 from interlock.router.v1 import router_pb2 as pb
 from services.common.wire.chat import chat_response_to_json, chunk_to_json, parse_chat_request
 from services.common.wire.common import parse_metadata
@@ -35,12 +35,7 @@ async def create_chat_completion(request: Request) -> Response:
 
     include_usage = chat.stream_options.include_usage
     call = edge.router.ChatStream(pb.ChatStreamRequest(request=chat))
-    used = Used()
-    try:
-        first, rest = await open_stream(call)
-    except BaseException:
-        edge.quotas.settle(admitted.reservation, None)
-        raise
+    first, rest, used, settle = await edge.open_settled_stream(admitted, call)
 
     def render(message: pb.ChatStreamResponse) -> dict[str, Any] | None:
         chunk = message.chunk
@@ -61,5 +56,5 @@ async def create_chat_completion(request: Request) -> Response:
         rest,
         render,
         admitted.caller.request_id,
-        on_close=lambda: edge.quotas.settle(admitted.reservation, used.usage),
+        on_close=settle,
     )

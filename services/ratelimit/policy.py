@@ -14,7 +14,6 @@ from services.common.errors import ConfigError
 from services.ratelimit.quotas import NANO, Kind, Quota, Scope
 
 DEFAULT_CLASS = "default"
-_CLASSES = {"chat": "chat", "completions": "completions", "embeddings": "embeddings", "models": "models"}
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,10 @@ class Rules:
 
 
 def endpoint_class(endpoint: str) -> str:
-    """/v1/chat/completions -> chat, /v1/embeddings -> embeddings, ..."""
+    """The first path segment after the version: /v1/chat/completions -> chat,
+    /v1/embeddings -> embeddings, /v1/models/x -> models."""
     parts = [p for p in endpoint.split("/") if p and not (p[0] == "v" and p[1:].isdigit())]
-    return _CLASSES.get(parts[0], parts[0]) if parts else DEFAULT_CLASS
+    return parts[0] if parts else DEFAULT_CLASS
 
 
 @dataclass(frozen=True)

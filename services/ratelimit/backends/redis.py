@@ -12,7 +12,6 @@ Time comes from the caller (the replica's clock), as with the memory backend.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -25,7 +24,6 @@ from redis.exceptions import RedisError
 
 from services.ratelimit.quotas import BackendUnavailableError, Decision, QuotaOutcome, Scope
 
-log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64
 
 
@@ -111,12 +109,6 @@ class RedisBackend:
                 return list(await pipe.execute())
         except (RedisError, OSError) as exc:
             raise BackendUnavailableError(f"redis: {exc}") from exc
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
-            return False
 
     async def close(self) -> None:
         await self._client.aclose()
