@@ -108,7 +108,13 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
         catalog_env["INTERLOCK_CATALOG_CONFIG"] = str(options.config.resolve())
     children = [
         Child("catalog", "services.catalog", catalog_env, addr["catalog"]),
-        Child("usage", "services.usage", {**base, "INTERLOCK_USAGE_LISTEN": addr["usage"]}, addr["usage"]),
+        # Usage serves the stats and usage APIs and tells the admin key from ordinary keys itself.
+        Child(
+            "usage",
+            "services.usage",
+            {**base, "INTERLOCK_USAGE_LISTEN": addr["usage"], "INTERLOCK_ADMIN_KEY": admin_key},
+            addr["usage"],
+        ),
         Child(
             "ratelimit",
             "services.ratelimit",

@@ -6,22 +6,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.env import get_float, get_str
+from services.common import keys
+from services.common.env import SettingsError, get_float, get_str
 
 
 @dataclass(frozen=True)
 class UsageSettings:
     listen: str
+    # SQLite file of the ledger, used when database_url is empty (the embedded default).
     database: Path
+    # postgresql://… to keep the ledger in PostgreSQL instead.
+    database_url: str
+    catalog_addr: str
+    # Server-side secret keying API key hashes; must equal the catalog's.
+    key_pepper: bytes
+    # Keyed hash of the admin key (the key itself is not kept); empty: no admin caller.
+    admin_key_hash: str
     grace_seconds: float
     log_level: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> UsageSettings:
         data_dir = Path(get_str(env, "INTERLOCK_DATA_DIR", ".interlock"))
+        pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
+        if not pepper:
+            raise SettingsError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+        admin = get_str(env, "INTERLOCK_ADMIN_KEY", "")
         return cls(
             listen=get_str(env, "INTERLOCK_USAGE_LISTEN", "127.0.0.1:50054"),
             database=Path(get_str(env, "INTERLOCK_USAGE_DB", str(data_dir / "usage.db"))),
+            database_url=get_str(env, "INTERLOCK_USAGE_DATABASE_URL", ""),
+            catalog_addr=get_str(env, "INTERLOCK_CATALOG_ADDR", "127.0.0.1:50051"),
+            key_pepper=pepper.encode(),
+            admin_key_hash=keys.hash_secret(admin, pepper.encode()) if admin else "",
             grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
             log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from interlock.usage.v1 import usage_pb2 as pb
@@ -21,6 +22,43 @@ class SpendTotals(NamedTuple):
     projects: list[SpendTotal]
 
 
+# Dimensions an aggregate can be grouped by. "model" is the catalog model that answered,
+# or the model asked for when none did (so failures still count against a model).
+# "day" and "hour" are UTC and come back as the start of the bucket in Unix ms.
+DIMENSIONS = ("key", "project", "model", "provider", "day", "hour")
+
+
+@dataclass(frozen=True)
+class AggregateQuery:
+    """Sum the hourly rollups over [start_ms, end_ms), grouped by group_by; filters match exactly."""
+
+    start_ms: int
+    end_ms: int
+    group_by: tuple[str, ...] = ()
+    key_id: str = ""
+    project: str = ""
+    model: str = ""
+    provider: str = ""
+
+
+@dataclass
+class AggregateRow:
+    """One group. dims maps each grouped dimension to its value ("day"/"hour": bucket start in Unix ms)."""
+
+    dims: dict[str, str | int]
+    requests: int = 0
+    successful: int = 0
+    failed: int = 0
+    latency_ms_sum: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    ttft_ms_sum: int = 0
+    # Streams with a time to first token, the divisor of ttft_ms_sum.
+    ttft_count: int = 0
+
+
 class EventStore(Protocol):
     def insert(self, events: Sequence[pb.UsageEvent]) -> tuple[int, int]:
         """Store events idempotently by request id; returns (stored, duplicates)."""
@@ -30,6 +68,10 @@ class EventStore(Protocol):
 
     def spend(self, period_start_unix_ms: int) -> SpendTotals:
         """Sum cost_usd per key and per project (anonymous ones left out), in all and from the period start on."""
+        ...
+
+    def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
+        """Read the hourly rollups (never the events): rows ordered by their dims."""
         ...
 
     def close(self) -> None: ...

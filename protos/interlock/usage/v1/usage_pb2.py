@@ -23,35 +23,62 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einterlock/usage/v1/usage.proto\x12\x12interlock.usage.v1\x1a\x1cgoogle/api/annotations.proto\"\xc3\x03\n\nUsageEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x11\n\tclient_ip\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08provider\x18\t \x01(\t\x12\x12\n\ndeployment\x18\n \x01(\t\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0e \x01(\x01\x12\x12\n\nlatency_ms\x18\x0f \x01(\x03\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x03\x12*\n\x06status\x18\x11 \x01(\x0e\x32\x1a.interlock.usage.v1.Status\x12\x12\n\nerror_code\x18\x12 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12\x15\n\rmetadata_json\x18\x14 \x01(\t\x12\x0e\n\x06stream\x18\x15 \x01(\x08\"E\n\x13RecordEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.interlock.usage.v1.UsageEvent\":\n\x14RecordEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"G\n\x12\x43ountEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"$\n\x13\x43ountEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\",\n\x0fGetSpendRequest\x12\x19\n\x11period_start_unix\x18\x01 \x01(\x03\":\n\x05Spend\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttotal_usd\x18\x02 \x01(\x01\x12\x12\n\nperiod_usd\x18\x03 \x01(\x01\"h\n\x10GetSpendResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.interlock.usage.v1.Spend\x12+\n\x08projects\x18\x02 \x03(\x0b\x32\x19.interlock.usage.v1.Spend*W\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\x32\xc1\x02\n\x0cUsageService\x12\x61\n\x0cRecordEvents\x12\'.interlock.usage.v1.RecordEventsRequest\x1a(.interlock.usage.v1.RecordEventsResponse\x12w\n\x0b\x43ountEvents\x12&.interlock.usage.v1.CountEventsRequest\x1a\'.interlock.usage.v1.CountEventsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/usage/count\x12U\n\x08GetSpend\x12#.interlock.usage.v1.GetSpendRequest\x1a$.interlock.usage.v1.GetSpendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einterlock/usage/v1/usage.proto\x12\x12interlock.usage.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"\xc3\x03\n\nUsageEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x11\n\tclient_ip\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x17\n\x0fmodel_requested\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08provider\x18\t \x01(\t\x12\x12\n\ndeployment\x18\n \x01(\t\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0e \x01(\x01\x12\x12\n\nlatency_ms\x18\x0f \x01(\x03\x12\x0f\n\x07ttft_ms\x18\x10 \x01(\x03\x12*\n\x06status\x18\x11 \x01(\x0e\x32\x1a.interlock.usage.v1.Status\x12\x12\n\nerror_code\x18\x12 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12\x15\n\rmetadata_json\x18\x14 \x01(\t\x12\x0e\n\x06stream\x18\x15 \x01(\x08\"E\n\x13RecordEventsRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.interlock.usage.v1.UsageEvent\":\n\x14RecordEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"G\n\x12\x43ountEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"$\n\x13\x43ountEventsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\",\n\x0fGetSpendRequest\x12\x19\n\x11period_start_unix\x18\x01 \x01(\x03\":\n\x05Spend\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttotal_usd\x18\x02 \x01(\x01\x12\x12\n\nperiod_usd\x18\x03 \x01(\x01\"h\n\x10GetSpendResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.interlock.usage.v1.Spend\x12+\n\x08projects\x18\x02 \x03(\x0b\x32\x19.interlock.usage.v1.Spend\"\x8b\x01\n\x11QueryUsageRequest\x12\x11\n\tstart_day\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_day\x18\x02 \x01(\t\x12\x10\n\x08group_by\x18\x03 \x03(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0f\n\x07project\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\"\xcb\x02\n\x08UsageRow\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nkey_masked\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x06 \x01(\t\x12\x0c\n\x04hour\x18\x07 \x01(\t\x12\x10\n\x08requests\x18\x08 \x01(\x03\x12\x1b\n\x13successful_requests\x18\t \x01(\x03\x12\x17\n\x0f\x66\x61iled_requests\x18\n \x01(\x03\x12\x15\n\rprompt_tokens\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\x12\x15\n\rcached_tokens\x18\r \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0e \x01(\x01\x12\x16\n\x0e\x61vg_latency_ms\x18\x0f \x01(\x01\x12\x13\n\x0b\x61vg_ttft_ms\x18\x10 \x01(\x01\"d\n\x12QueryUsageResponse\x12\x11\n\tstart_day\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_day\x18\x02 \x01(\t\x12*\n\x04rows\x18\x03 \x03(\x0b\x32\x1c.interlock.usage.v1.UsageRow\"]\n\x14GetModelStatsRequest\x12\x11\n\tstart_day\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_day\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x04 \x01(\t\"H\n\x15GetModelStatsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.interlock.usage.v1.ModelStats\"\xd1\x01\n\nModelStats\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x31\n\ntime_range\x18\x02 \x01(\x0b\x32\x1d.interlock.usage.v1.TimeRange\x12?\n\x11\x61ggregate_metrics\x18\x03 \x01(\x0b\x32$.interlock.usage.v1.AggregateMetrics\x12=\n\x12metrics_by_api_key\x18\x04 \x03(\x0b\x32!.interlock.usage.v1.ApiKeyMetrics\"\'\n\tTimeRange\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"\x98\x01\n\x10\x41ggregateMetrics\x12\x16\n\x0etotal_requests\x18\x01 \x01(\r\x12\x1b\n\x13successful_requests\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x61iled_requests\x18\x03 \x01(\r\x12\x16\n\x0e\x61vg_latency_ms\x18\x04 \x01(\x01\x12\x1e\n\x16\x61vg_tokens_per_request\x18\x05 \x01(\x01\"\xaa\x01\n\rApiKeyMetrics\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\r\n\x05owned\x18\x02 \x01(\x08\x12?\n\x11\x61ggregate_metrics\x18\x03 \x01(\x0b\x32$.interlock.usage.v1.AggregateMetrics\x12\x38\n\x0btime_series\x18\x04 \x03(\x0b\x32#.interlock.usage.v1.TimeSeriesPoint\"\x8b\x01\n\x0fTimeSeriesPoint\x12\x11\n\ttimestamp\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\x1b\n\x13successful_requests\x18\x03 \x01(\r\x12\x16\n\x0e\x61vg_latency_ms\x18\x04 \x01(\x01\x12\x1e\n\x16\x61vg_tokens_per_request\x18\x05 \x01(\x01*W\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x10\n\x0cSTATUS_ERROR\x10\x02\x12\x14\n\x10STATUS_CANCELLED\x10\x03\x32\xfe\x03\n\x0cUsageService\x12\x61\n\x0cRecordEvents\x12\'.interlock.usage.v1.RecordEventsRequest\x1a(.interlock.usage.v1.RecordEventsResponse\x12^\n\x0b\x43ountEvents\x12&.interlock.usage.v1.CountEventsRequest\x1a\'.interlock.usage.v1.CountEventsResponse\x12U\n\x08GetSpend\x12#.interlock.usage.v1.GetSpendRequest\x1a$.interlock.usage.v1.GetSpendResponse\x12n\n\nQueryUsage\x12%.interlock.usage.v1.QueryUsageRequest\x1a&.interlock.usage.v1.QueryUsageResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usage\x12\x64\n\x0b\x45xportUsage\x12%.interlock.usage.v1.QueryUsageRequest\x1a\x14.google.api.HttpBody\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/usage/export2\xa1\x01\n\x11ModelStatsService\x12\x8b\x01\n\rGetModelStats\x12(.interlock.usage.v1.GetModelStatsRequest\x1a).interlock.usage.v1.GetModelStatsResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x11/sdk/models/stats:\x01*b\x07resultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interlock.usage.v1.usage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGESERVICE'].methods_by_name['CountEvents']._loaded_options = None
-  _globals['_USAGESERVICE'].methods_by_name['CountEvents']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/usage/count'
-  _globals['_STATUS']._serialized_start=992
-  _globals['_STATUS']._serialized_end=1079
-  _globals['_USAGEEVENT']._serialized_start=85
-  _globals['_USAGEEVENT']._serialized_end=536
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=538
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=607
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=609
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=667
-  _globals['_COUNTEVENTSREQUEST']._serialized_start=669
-  _globals['_COUNTEVENTSREQUEST']._serialized_end=740
-  _globals['_COUNTEVENTSRESPONSE']._serialized_start=742
-  _globals['_COUNTEVENTSRESPONSE']._serialized_end=778
-  _globals['_GETSPENDREQUEST']._serialized_start=780
-  _globals['_GETSPENDREQUEST']._serialized_end=824
-  _globals['_SPEND']._serialized_start=826
-  _globals['_SPEND']._serialized_end=884
-  _globals['_GETSPENDRESPONSE']._serialized_start=886
-  _globals['_GETSPENDRESPONSE']._serialized_end=990
-  _globals['_USAGESERVICE']._serialized_start=1082
-  _globals['_USAGESERVICE']._serialized_end=1403
+  _globals['_USAGESERVICE'].methods_by_name['QueryUsage']._loaded_options = None
+  _globals['_USAGESERVICE'].methods_by_name['QueryUsage']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
+  _globals['_USAGESERVICE'].methods_by_name['ExportUsage']._loaded_options = None
+  _globals['_USAGESERVICE'].methods_by_name['ExportUsage']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/usage/export'
+  _globals['_MODELSTATSSERVICE'].methods_by_name['GetModelStats']._loaded_options = None
+  _globals['_MODELSTATSSERVICE'].methods_by_name['GetModelStats']._serialized_options = b'\202\323\344\223\002\037\"\021/sdk/models/stats:\001*b\007results'
+  _globals['_STATUS']._serialized_start=2489
+  _globals['_STATUS']._serialized_end=2576
+  _globals['_USAGEEVENT']._serialized_start=112
+  _globals['_USAGEEVENT']._serialized_end=563
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=565
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=634
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=636
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=694
+  _globals['_COUNTEVENTSREQUEST']._serialized_start=696
+  _globals['_COUNTEVENTSREQUEST']._serialized_end=767
+  _globals['_COUNTEVENTSRESPONSE']._serialized_start=769
+  _globals['_COUNTEVENTSRESPONSE']._serialized_end=805
+  _globals['_GETSPENDREQUEST']._serialized_start=807
+  _globals['_GETSPENDREQUEST']._serialized_end=851
+  _globals['_SPEND']._serialized_start=853
+  _globals['_SPEND']._serialized_end=911
+  _globals['_GETSPENDRESPONSE']._serialized_start=913
+  _globals['_GETSPENDRESPONSE']._serialized_end=1017
+  _globals['_QUERYUSAGEREQUEST']._serialized_start=1020
+  _globals['_QUERYUSAGEREQUEST']._serialized_end=1159
+  _globals['_USAGEROW']._serialized_start=1162
+  _globals['_USAGEROW']._serialized_end=1493
+  _globals['_QUERYUSAGERESPONSE']._serialized_start=1495
+  _globals['_QUERYUSAGERESPONSE']._serialized_end=1595
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1597
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1690
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1692
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1764
+  _globals['_MODELSTATS']._serialized_start=1767
+  _globals['_MODELSTATS']._serialized_end=1976
+  _globals['_TIMERANGE']._serialized_start=1978
+  _globals['_TIMERANGE']._serialized_end=2017
+  _globals['_AGGREGATEMETRICS']._serialized_start=2020
+  _globals['_AGGREGATEMETRICS']._serialized_end=2172
+  _globals['_APIKEYMETRICS']._serialized_start=2175
+  _globals['_APIKEYMETRICS']._serialized_end=2345
+  _globals['_TIMESERIESPOINT']._serialized_start=2348
+  _globals['_TIMESERIESPOINT']._serialized_end=2487
+  _globals['_USAGESERVICE']._serialized_start=2579
+  _globals['_USAGESERVICE']._serialized_end=3089
+  _globals['_MODELSTATSSERVICE']._serialized_start=3092
+  _globals['_MODELSTATSSERVICE']._serialized_end=3253
 # @@protoc_insertion_point(module_scope)

@@ -301,3 +301,369 @@ class GetSpendResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSpendResponse: _TypeAlias = GetSpendResponse  # noqa: Y015
+
+@_typing.final
+class QueryUsageRequest(_message.Message):
+    """Request for UsageService.QueryUsage and ExportUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DAY_FIELD_NUMBER: _builtins.int
+    END_DAY_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    start_day: _builtins.str
+    """First and last day (UTC, YYYY-MM-DD), both included. The default range is
+    the last 30 days up to today; a range may span at most 366 days.
+    """
+    end_day: _builtins.str
+    key_id: _builtins.str
+    """Filters; empty matches everything."""
+    project: _builtins.str
+    model: _builtins.str
+    provider: _builtins.str
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions to group by, in output order: key, project, model, provider,
+        day, hour. None sums everything into one row.
+        """
+
+    def __init__(
+        self,
+        *,
+        start_day: _builtins.str = ...,
+        end_day: _builtins.str = ...,
+        group_by: _abc.Iterable[_builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_day", b"end_day", "group_by", b"group_by", "key_id", b"key_id", "model", b"model", "project", b"project", "provider", b"provider", "start_day", b"start_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUsageRequest: _TypeAlias = QueryUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    """One group of QueryUsage; a dimension not grouped by is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_MASKED_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    HOUR_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    AVG_TTFT_MS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key_masked: _builtins.str
+    """The key's masked form, such as il-0a0e********94c1."""
+    project: _builtins.str
+    model: _builtins.str
+    provider: _builtins.str
+    day: _builtins.str
+    """UTC day, YYYY-MM-DD."""
+    hour: _builtins.str
+    """Start of the UTC hour, ISO 8601 such as 2026-04-03T14:00:00.000Z."""
+    requests: _builtins.int
+    successful_requests: _builtins.int
+    failed_requests: _builtins.int
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    cached_tokens: _builtins.int
+    cost_usd: _builtins.float
+    avg_latency_ms: _builtins.float
+    avg_ttft_ms: _builtins.float
+    """Mean time to first token over the group's streams; 0 without streams."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key_masked: _builtins.str = ...,
+        project: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        day: _builtins.str = ...,
+        hour: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        successful_requests: _builtins.int = ...,
+        failed_requests: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        avg_latency_ms: _builtins.float = ...,
+        avg_ttft_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_ttft_ms", b"avg_ttft_ms", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "day", b"day", "failed_requests", b"failed_requests", "hour", b"hour", "key_id", b"key_id", "key_masked", b"key_masked", "model", b"model", "project", b"project", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "requests", b"requests", "successful_requests", b"successful_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class QueryUsageResponse(_message.Message):
+    """Response of UsageService.QueryUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DAY_FIELD_NUMBER: _builtins.int
+    END_DAY_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    start_day: _builtins.str
+    end_day: _builtins.str
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]: ...
+    def __init__(
+        self,
+        *,
+        start_day: _builtins.str = ...,
+        end_day: _builtins.str = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_day", b"end_day", "rows", b"rows", "start_day", b"start_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryUsageResponse: _TypeAlias = QueryUsageResponse  # noqa: Y015
+
+@_typing.final
+class GetModelStatsRequest(_message.Message):
+    """Request for ModelStatsService.GetModelStats (seed 002)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DAY_FIELD_NUMBER: _builtins.int
+    END_DAY_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    start_day: _builtins.str
+    """UTC day, YYYY-MM-DD; at most 31 days before today."""
+    end_day: _builtins.str
+    """UTC day, YYYY-MM-DD, included; not before start_day."""
+    model_id: _builtins.str
+    """The catalog model id."""
+    api_key: _builtins.str
+    """Optional: only this key's activity; its id, or the key itself."""
+    def __init__(
+        self,
+        *,
+        start_day: _builtins.str = ...,
+        end_day: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "end_day", b"end_day", "model_id", b"model_id", "start_day", b"start_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelStatsRequest: _TypeAlias = GetModelStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetModelStatsResponse(_message.Message):
+    """Response of ModelStatsService.GetModelStats: one result when usage matched, none otherwise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ModelStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelStatsResponse: _TypeAlias = GetModelStatsResponse  # noqa: Y015
+
+@_typing.final
+class ModelStats(_message.Message):
+    """Stats of one model over the requested days."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    TIME_RANGE_FIELD_NUMBER: _builtins.int
+    AGGREGATE_METRICS_FIELD_NUMBER: _builtins.int
+    METRICS_BY_API_KEY_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    @_builtins.property
+    def time_range(self) -> Global___TimeRange: ...
+    @_builtins.property
+    def aggregate_metrics(self) -> Global___AggregateMetrics: ...
+    @_builtins.property
+    def metrics_by_api_key(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyMetrics]: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        time_range: Global___TimeRange | None = ...,
+        aggregate_metrics: Global___AggregateMetrics | None = ...,
+        metrics_by_api_key: _abc.Iterable[Global___ApiKeyMetrics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregate_metrics", b"aggregate_metrics", "time_range", b"time_range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_metrics", b"aggregate_metrics", "metrics_by_api_key", b"metrics_by_api_key", "model_id", b"model_id", "time_range", b"time_range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelStats: _TypeAlias = ModelStats  # noqa: Y015
+
+@_typing.final
+class TimeRange(_message.Message):
+    """The requested days, as given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.str
+    end: _builtins.str
+    def __init__(
+        self,
+        *,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
+
+@_typing.final
+class AggregateMetrics(_message.Message):
+    """Counts and means over a set of requests. Counts are uint32 so that REST JSON
+    carries them as numbers, as the seed shows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_REQUESTS_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    AVG_TOKENS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    total_requests: _builtins.int
+    successful_requests: _builtins.int
+    failed_requests: _builtins.int
+    avg_latency_ms: _builtins.float
+    """Mean latency in milliseconds, rounded to 2 decimals."""
+    avg_tokens_per_request: _builtins.float
+    """Mean prompt + completion tokens per request, rounded to 2 decimals."""
+    def __init__(
+        self,
+        *,
+        total_requests: _builtins.int = ...,
+        successful_requests: _builtins.int = ...,
+        failed_requests: _builtins.int = ...,
+        avg_latency_ms: _builtins.float = ...,
+        avg_tokens_per_request: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_tokens_per_request", b"avg_tokens_per_request", "failed_requests", b"failed_requests", "successful_requests", b"successful_requests", "total_requests", b"total_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateMetrics: _TypeAlias = AggregateMetrics  # noqa: Y015
+
+@_typing.final
+class ApiKeyMetrics(_message.Message):
+    """The stats of one API key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    OWNED_FIELD_NUMBER: _builtins.int
+    AGGREGATE_METRICS_FIELD_NUMBER: _builtins.int
+    TIME_SERIES_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """Masked key, such as il-0a0e********94c1."""
+    owned: _builtins.bool
+    """True when the key is the caller's own."""
+    @_builtins.property
+    def aggregate_metrics(self) -> Global___AggregateMetrics: ...
+    @_builtins.property
+    def time_series(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeSeriesPoint]:
+        """One point per hour with requests, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        api_key: _builtins.str = ...,
+        owned: _builtins.bool = ...,
+        aggregate_metrics: Global___AggregateMetrics | None = ...,
+        time_series: _abc.Iterable[Global___TimeSeriesPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregate_metrics", b"aggregate_metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_metrics", b"aggregate_metrics", "api_key", b"api_key", "owned", b"owned", "time_series", b"time_series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyMetrics: _TypeAlias = ApiKeyMetrics  # noqa: Y015
+
+@_typing.final
+class TimeSeriesPoint(_message.Message):
+    """One hour of one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_REQUESTS_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    AVG_TOKENS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.str
+    """Start of the UTC hour, ISO 8601 with milliseconds: 2026-04-03T14:00:00.000Z."""
+    requests: _builtins.int
+    successful_requests: _builtins.int
+    avg_latency_ms: _builtins.float
+    avg_tokens_per_request: _builtins.float
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        successful_requests: _builtins.int = ...,
+        avg_latency_ms: _builtins.float = ...,
+        avg_tokens_per_request: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_tokens_per_request", b"avg_tokens_per_request", "requests", b"requests", "successful_requests", b"successful_requests", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeSeriesPoint: _TypeAlias = TimeSeriesPoint  # noqa: Y015

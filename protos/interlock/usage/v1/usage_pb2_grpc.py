@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from interlock.usage.v1 import usage_pb2 as interlock_dot_usage_dot_v1_dot_usage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -51,6 +52,16 @@ class UsageServiceStub:
                 request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
                 response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
                 _registered_method=True)
+        self.QueryUsage = channel.unary_unary(
+                '/interlock.usage.v1.UsageService/QueryUsage',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.SerializeToString,
+                response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageResponse.FromString,
+                _registered_method=True)
+        self.ExportUsage = channel.unary_unary(
+                '/interlock.usage.v1.UsageService/ExportUsage',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class UsageServiceServicer:
@@ -67,6 +78,7 @@ class UsageServiceServicer:
 
     def CountEvents(self, request, context):
         """Counts stored events matching a filter.
+        Internal, like RecordEvents: no REST mapping.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +87,27 @@ class UsageServiceServicer:
     def GetSpend(self, request, context):
         """Sums the recorded spend per key and per project, in all and since a time:
         what budget counters are rebuilt from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryUsage(self, request, context):
+        """Usage summed from the hourly rollups, grouped as asked. An API key sees its
+        own project's usage only; the admin key sees everything.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportUsage(self, request, context):
+        """The rows of QueryUsage as CSV (text/csv), for spreadsheets and billing exports.
+        It takes QueryUsage's request and answers google.api.HttpBody, the standard
+        way for a transcoded method to return a body that is not JSON.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +130,16 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.GetSpend,
                     request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.FromString,
                     response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.SerializeToString,
+            ),
+            'QueryUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUsage,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.FromString,
+                    response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageResponse.SerializeToString,
+            ),
+            'ExportUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUsage,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +225,143 @@ class UsageService:
             '/interlock.usage.v1.UsageService/GetSpend',
             interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
             interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.UsageService/QueryUsage',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.SerializeToString,
+            interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.UsageService/ExportUsage',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ModelStatsServiceStub:
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetModelStats = channel.unary_unary(
+                '/interlock.usage.v1.ModelStatsService/GetModelStats',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsRequest.SerializeToString,
+                response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsResponse.FromString,
+                _registered_method=True)
+
+
+class ModelStatsServiceServicer:
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    def GetModelStats(self, request, context):
+        """Requests, successes, failures, latency and tokens of one model over a range
+        of days: in all, per API key and per hour. No matching usage gives [].
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelStatsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStats,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsRequest.FromString,
+                    response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'interlock.usage.v1.ModelStatsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('interlock.usage.v1.ModelStatsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelStatsService:
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    @staticmethod
+    def GetModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.ModelStatsService/GetModelStats',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsRequest.SerializeToString,
+            interlock_dot_usage_dot_v1_dot_usage__pb2.GetModelStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

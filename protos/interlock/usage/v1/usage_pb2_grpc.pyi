@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from interlock.usage.v1 import usage_pb2 as _usage_pb2
 import abc as _abc_1
@@ -38,10 +39,25 @@ class UsageServiceStub:
     RecordEvents: _grpc.UnaryUnaryMultiCallable[_usage_pb2.RecordEventsRequest, _usage_pb2.RecordEventsResponse]
     """Stores a batch of events; events whose request id is already stored are skipped."""
     CountEvents: _grpc.UnaryUnaryMultiCallable[_usage_pb2.CountEventsRequest, _usage_pb2.CountEventsResponse]
-    """Counts stored events matching a filter."""
+    """Counts stored events matching a filter.
+    Internal, like RecordEvents: no REST mapping.
+    """
     GetSpend: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]
     """Sums the recorded spend per key and per project, in all and since a time:
     what budget counters are rebuilt from.
+    """
+    QueryUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _usage_pb2.QueryUsageResponse]
+    """Usage summed from the hourly rollups, grouped as asked. An API key sees its
+    own project's usage only; the admin key sees everything.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    ExportUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _httpbody_pb2.HttpBody]
+    """The rows of QueryUsage as CSV (text/csv), for spreadsheets and billing exports.
+    It takes QueryUsage's request and answers google.api.HttpBody, the standard
+    way for a transcoded method to return a body that is not JSON.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 @_typing.type_check_only
@@ -54,10 +70,25 @@ class UsageServiceAsyncStub(UsageServiceStub):
     RecordEvents: _aio.UnaryUnaryMultiCallable[_usage_pb2.RecordEventsRequest, _usage_pb2.RecordEventsResponse]  # type: ignore[assignment]
     """Stores a batch of events; events whose request id is already stored are skipped."""
     CountEvents: _aio.UnaryUnaryMultiCallable[_usage_pb2.CountEventsRequest, _usage_pb2.CountEventsResponse]  # type: ignore[assignment]
-    """Counts stored events matching a filter."""
+    """Counts stored events matching a filter.
+    Internal, like RecordEvents: no REST mapping.
+    """
     GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
     """Sums the recorded spend per key and per project, in all and since a time:
     what budget counters are rebuilt from.
+    """
+    QueryUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _usage_pb2.QueryUsageResponse]  # type: ignore[assignment]
+    """Usage summed from the hourly rollups, grouped as asked. An API key sees its
+    own project's usage only; the admin key sees everything.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    ExportUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The rows of QueryUsage as CSV (text/csv), for spreadsheets and billing exports.
+    It takes QueryUsage's request and answers google.api.HttpBody, the standard
+    way for a transcoded method to return a body that is not JSON.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -79,7 +110,9 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _usage_pb2.CountEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_usage_pb2.CountEventsResponse, _abc.Awaitable[_usage_pb2.CountEventsResponse]]:
-        """Counts stored events matching a filter."""
+        """Counts stored events matching a filter.
+        Internal, like RecordEvents: no REST mapping.
+        """
 
     @_abc_1.abstractmethod
     def GetSpend(
@@ -91,4 +124,75 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         what budget counters are rebuilt from.
         """
 
+    @_abc_1.abstractmethod
+    def QueryUsage(
+        self,
+        request: _usage_pb2.QueryUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.QueryUsageResponse, _abc.Awaitable[_usage_pb2.QueryUsageResponse]]:
+        """Usage summed from the hourly rollups, grouped as asked. An API key sees its
+        own project's usage only; the admin key sees everything.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def ExportUsage(
+        self,
+        request: _usage_pb2.QueryUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The rows of QueryUsage as CSV (text/csv), for spreadsheets and billing exports.
+        It takes QueryUsage's request and answers google.api.HttpBody, the standard
+        way for a transcoded method to return a body that is not JSON.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ModelStatsServiceStub:
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ModelStatsServiceAsyncStub: ...
+    GetModelStats: _grpc.UnaryUnaryMultiCallable[_usage_pb2.GetModelStatsRequest, _usage_pb2.GetModelStatsResponse]
+    """Requests, successes, failures, latency and tokens of one model over a range
+    of days: in all, per API key and per hour. No matching usage gives [].
+    """
+
+@_typing.type_check_only
+class ModelStatsServiceAsyncStub(ModelStatsServiceStub):
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetModelStats: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetModelStatsRequest, _usage_pb2.GetModelStatsResponse]  # type: ignore[assignment]
+    """Requests, successes, failures, latency and tokens of one model over a range
+    of days: in all, per API key and per hour. No matching usage gives [].
+    """
+
+class ModelStatsServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ModelStatsService is seed 002's model stats API. Its REST form keeps the
+    seed's lowerCamelCase JSON names (the proto3 JSON names of these fields) and
+    answers 201 Created, as the seed documents.
+    """
+
+    @_abc_1.abstractmethod
+    def GetModelStats(
+        self,
+        request: _usage_pb2.GetModelStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.GetModelStatsResponse, _abc.Awaitable[_usage_pb2.GetModelStatsResponse]]:
+        """Requests, successes, failures, latency and tokens of one model over a range
+        of days: in all, per API key and per hour. No matching usage gives [].
+        """
+
+def add_ModelStatsServiceServicer_to_server(servicer: ModelStatsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
