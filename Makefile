@@ -54,3 +54,11 @@ generate: $(STAMP)
 # BENCH_ARGS='--backend memory --json bench.json'.
 bench-ratelimit: $(STAMP)
 	$(BIN)/python -m bench.ratelimit --seconds 10 --warmup 2 --concurrency 32 $(BENCH_ARGS)
+
+# The usage ledger benchmark (bench/README.md): loads a fresh SQLite ledger of 1M and then
+# 10M events and times the usage reports on the hourly rollups against the same GROUP BY on
+# the raw events. For PostgreSQL: BENCH_ARGS='--backend postgres --database-url postgresql://…'
+# (BENCH_ARGS' --events replaces the sizes, e.g. BENCH_ARGS='--events 100000').
+.PHONY: bench-usage
+bench-usage: $(STAMP)
+	$(BIN)/python -m bench.usage_stats --events 1000000 10000000 --backend sqlite $(BENCH_ARGS)

@@ -1,13 +1,23 @@
-"""The SQLite ledger: the embedded default."""
+"""The SQLite ledger: the embedded default.
+
+Events are stored append-only, idempotently by request id; the hourly rollups
+(services.usage.store.rollup) are updated in the same transaction from the events
+that transaction newly stored, and aggregate() reads only them. Two connections, each
+serialised by its own lock (the servicer calls in from worker threads): one writes, one
+reads, so under WAL a long report neither holds up the ledger's writes nor sees a
+batch half written.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from interlock.usage.v1 import usage_pb2 as pb
-from services.usage.store import SpendTotal, SpendTotals
+from services.usage.store import AggregateQuery, AggregateRow, SpendTotal, SpendTotals, rollup
 
 MIGRATIONS = (
     """
@@ -42,6 +52,44 @@ MIGRATIONS = (
     "CREATE INDEX events_key_spend ON events (key_id, time_unix_ms, cost_usd)",
     "DROP INDEX events_key_time",
     "CREATE INDEX events_project_spend ON events (project, time_unix_ms, cost_usd)",
+    # The hourly rollups that aggregate() reads (services.usage.store.rollup). A rowid table:
+    # the filtered reports find their rows through the indexes below, and a rowid is the
+    # cheapest way from an index entry to its row (the bench's filtered queries ran 1.5-4x
+    # faster than on a WITHOUT ROWID table keyed by the rollup key).
+    """
+    CREATE TABLE usage_hourly (
+        hour_start_ms INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        successful INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        latency_ms_sum INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        ttft_ms_sum INTEGER NOT NULL,
+        ttft_count INTEGER NOT NULL,
+        UNIQUE (hour_start_ms, key_id, project, model, provider)
+    )
+    """,
+    # Backfill from the events a ledger already holds; must sum exactly as rollup.rollup_rows
+    # does (hours floored, the asked-for model when none answered, ttft only where > 0).
+    """
+    INSERT INTO usage_hourly
+    SELECT time_unix_ms - ((time_unix_ms % 3600000) + 3600000) % 3600000,
+           key_id, project, CASE WHEN model <> '' THEN model ELSE model_requested END, provider,
+           COUNT(*), SUM(status = 1), SUM(status <> 1), SUM(latency_ms), SUM(prompt_tokens),
+           SUM(completion_tokens), SUM(cached_tokens), TOTAL(cost_usd),
+           SUM(CASE WHEN ttft_ms > 0 THEN ttft_ms ELSE 0 END), SUM(ttft_ms > 0)
+    FROM events GROUP BY 1, 2, 3, 4, 5
+    """,
+    "CREATE INDEX usage_hourly_model ON usage_hourly (model, hour_start_ms)",
+    "CREATE INDEX usage_hourly_key ON usage_hourly (key_id, hour_start_ms)",
+    "CREATE INDEX usage_hourly_project ON usage_hourly (project, hour_start_ms)",
 )
 
 _COLUMNS = (
@@ -60,43 +108,59 @@ _SPEND = """
     FROM events WHERE project > '' GROUP BY project
 """
 
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT(request_id) DO NOTHING"  # noqa: S608
+_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES "  # noqa: S608 - constant names
+_ROW = f"({', '.join('?' * 21)})"
+_RETURNING = " ON CONFLICT(request_id) DO NOTHING RETURNING request_id"
+_UPSERT = rollup.upsert_sql(f"VALUES ({', '.join('?' * len(rollup.COLUMNS))})")
+# Rows per INSERT statement; RETURNING needs one statement, not executemany, to say which
+# ids it stored. Also bounded by the library's limit on bound values (21 per row).
+_ROWS_PER_STATEMENT = 500
+
+
+def _row(e: pb.UsageEvent) -> tuple[Any, ...]:
+    return (
+        e.request_id, e.time_unix_ms, e.key_id, e.project, e.client_ip, e.endpoint, e.model_requested, e.model,
+        e.provider, e.deployment, e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_usd, e.latency_ms,
+        e.ttft_ms, int(e.status), e.error_code, e.attempts, e.metadata_json, int(e.stream),
+    )  # fmt: skip
 
 
 class SqliteEventStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()  # the writing connection's
         self._db.execute("PRAGMA journal_mode=WAL")
         # One fsync per batch is enough under WAL; a crash loses no committed batch.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._chunk = max(1, min(_ROWS_PER_STATEMENT, limit // 21))
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         for number, statement in enumerate(MIGRATIONS[version:], start=version + 1):
             self._db.execute("BEGIN")
             self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {number}")
             self._db.execute("COMMIT")
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._read_lock = threading.Lock()
 
     def insert(self, events: Sequence[pb.UsageEvent]) -> tuple[int, int]:
-        rows = [
-            (
-                e.request_id, e.time_unix_ms, e.key_id, e.project, e.client_ip, e.endpoint,
-                e.model_requested, e.model, e.provider, e.deployment, e.prompt_tokens,
-                e.completion_tokens, e.cached_tokens, e.cost_usd, e.latency_ms, e.ttft_ms,
-                int(e.status), e.error_code, e.attempts, e.metadata_json, int(e.stream),
-            )
-            for e in events
-        ]  # fmt: skip
-        self._db.execute("BEGIN")
-        try:
-            before = self._db.total_changes
-            self._db.executemany(_INSERT, rows)
-            stored = self._db.total_changes - before
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return stored, len(rows) - stored
+        unique = rollup.first_of_each_id(events)
+        stored: set[str] = set()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for start in range(0, len(unique), self._chunk):
+                    chunk = unique[start : start + self._chunk]
+                    statement = _INSERT + ", ".join([_ROW] * len(chunk)) + _RETURNING
+                    args = [value for e in chunk for value in _row(e)]
+                    stored.update(row[0] for row in self._db.execute(statement, args))
+                self._db.executemany(_UPSERT, rollup.rollup_rows(e for e in unique if e.request_id in stored))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(stored), len(events) - len(stored)
 
     def count(self, request: pb.CountEventsRequest) -> int:
         clauses, args = [], []
@@ -107,13 +171,25 @@ class SqliteEventStore:
                 args.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT COUNT(*) FROM events{where}"  # noqa: S608 - fixed column names, bound values
-        return int(self._db.execute(query, args).fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute(query, args).fetchone()[0])
 
     def spend(self, period_start_unix_ms: int) -> SpendTotals:
         totals = SpendTotals(keys=[], projects=[])
-        for kind, owner, total, period in self._db.execute(_SPEND, {"since": period_start_unix_ms}):
+        with self._read_lock:
+            rows = self._reader.execute(_SPEND, {"since": period_start_unix_ms}).fetchall()
+        for kind, owner, total, period in rows:
             (totals.keys if kind == "key" else totals.projects).append(SpendTotal(owner, total, period))
         return totals
 
+    def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
+        text, args = rollup.aggregate_sql(query, "?")
+        with self._read_lock:
+            rows = self._reader.execute(text, args).fetchall()
+        return rollup.to_rows(query, rows)
+
     def close(self) -> None:
-        self._db.close()
+        with self._read_lock:
+            self._reader.close()
+        with self._lock:
+            self._db.close()
