@@ -12,6 +12,7 @@ from services.common import tokens
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
+from services.common.spool import Spool
 from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers
 from services.router.providers.registry import build_adapters
@@ -23,6 +24,9 @@ from services.router.usage_emitter import UsageEmitter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 CATALOG_WAIT_SECONDS = 30.0
+# After the usage service comes back, reconnect within ~2 s rather than gRPC's default of up to 2 min,
+# so the spooled events are replayed promptly.
+USAGE_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 async def build_server(
@@ -33,10 +37,12 @@ async def build_server(
 ) -> GrpcService:
     """Wire the router; transport lets tests hand httpx a different real transport."""
     clock = clock or SystemClock()
+    # First, so a second process on the same spool file fails fast with a clear message.
+    spool = await asyncio.to_thread(Spool.open, settings.usage_spool_path, clock)
     # Load the tokenizer data now, so no request pays for it.
     await asyncio.to_thread(tokens.warm_up)
     catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
-    usage_channel = grpc.aio.insecure_channel(settings.usage_addr)
+    usage_channel = grpc.aio.insecure_channel(settings.usage_addr, options=USAGE_CHANNEL_OPTIONS)
     cache = CatalogCache(catalog_channel, watch_keys=False)
     await cache.start(CATALOG_WAIT_SECONDS)
     # One pooled client for every upstream: connections are reused across requests.
@@ -46,7 +52,9 @@ async def build_server(
         timeout=httpx.Timeout(60.0, connect=5.0),
     )
     adapters = build_adapters(http, settings.provider_env, settings.demo_token_delay_ms / 1000)
-    emitter = UsageEmitter(usage_channel, settings.usage_batch_size, settings.usage_flush_seconds)
+    emitter = UsageEmitter(
+        usage_channel, spool, batch_size=settings.usage_batch_size, flush_seconds=settings.usage_flush_seconds
+    )
     emitter.start()
     stats = LatencyStats()
     breakers = CircuitBreakers(clock, settings.breaker_failures, settings.breaker_cooldown_seconds)
@@ -71,6 +79,7 @@ async def build_server(
         await http.aclose()
         await catalog_channel.close(grace=None)
         await usage_channel.close(grace=None)
+        await asyncio.to_thread(spool.close)
 
     service.cleanups.append(close)
     return service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.env import get_float, get_int, get_str
 
@@ -18,6 +19,9 @@ class RouterSettings:
     # Usage events are sent in batches of at most this many, at least this often.
     usage_batch_size: int
     usage_flush_seconds: float
+    # Durable local spool for usage events the usage service cannot take yet. One file per
+    # process (a second process on the same file refuses to start).
+    usage_spool_path: Path
     # Failover: attempts per request, the time to a first byte over all of them, and the backoff between.
     max_attempts: int
     deadline_seconds: float
@@ -32,16 +36,21 @@ class RouterSettings:
     provider_env: Mapping[str, str]
     grace_seconds: float
     log_level: str
+    # host:port serving Prometheus /metrics over HTTP; empty (the default): none.
+    metrics_listen: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RouterSettings:
+        listen = get_str(env, "INTERLOCK_ROUTER_LISTEN", "127.0.0.1:50052")
         return cls(
-            listen=get_str(env, "INTERLOCK_ROUTER_LISTEN", "127.0.0.1:50052"),
+            listen=listen,
+            metrics_listen=get_str(env, "INTERLOCK_ROUTER_METRICS_LISTEN", ""),
             catalog_addr=get_str(env, "INTERLOCK_CATALOG_ADDR", "127.0.0.1:50051"),
             usage_addr=get_str(env, "INTERLOCK_USAGE_ADDR", "127.0.0.1:50054"),
             demo_token_delay_ms=get_float(env, "INTERLOCK_DEMO_TOKEN_DELAY_MS", 20.0),
             usage_batch_size=get_int(env, "INTERLOCK_USAGE_BATCH_SIZE", 200),
             usage_flush_seconds=get_float(env, "INTERLOCK_USAGE_FLUSH_SECONDS", 0.05),
+            usage_spool_path=_spool_path(env, listen),
             max_attempts=get_int(env, "INTERLOCK_ROUTER_MAX_ATTEMPTS", 4),
             deadline_seconds=get_float(env, "INTERLOCK_ROUTER_DEADLINE_SECONDS", 120.0),
             backoff_base_seconds=get_float(env, "INTERLOCK_ROUTER_BACKOFF_BASE_MS", 50.0) / 1000,
@@ -53,3 +62,10 @@ class RouterSettings:
             grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
             log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
         )
+
+
+def _spool_path(env: Mapping[str, str], listen: str) -> Path:
+    # Named by port: replicas on one machine listen on different ports, so they get different files.
+    port = listen.rsplit(":", 1)[-1]
+    default = Path(get_str(env, "INTERLOCK_DATA_DIR", ".interlock")) / "spool" / f"router-{port}.db"
+    return Path(get_str(env, "INTERLOCK_ROUTER_SPOOL_PATH", str(default)))
