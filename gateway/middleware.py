@@ -1,16 +1,19 @@
 """Pure ASGI middleware: request ids, rate-limit headers and the last-resort
-error handler, so every response carries X-Request-Id and the error shape."""
+error handler, so every response carries X-Request-Id and the error shape;
+and the HTTP metrics, measured outside all of that."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import metrics
 from services.common.errors import ServerError, error_body
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,42 @@ class EdgeMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template, and for streams the
+    time to the first body chunk. Outermost, so it sees the status actually sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app fails before answering, the server answers 500
+        streaming = False
+        ttft: float | None = None
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status, streaming, ttft
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                streaming = any(
+                    key == b"content-type" and value.startswith(b"text/event-stream")
+                    for key, value in message.get("headers", ())
+                )
+            elif streaming and ttft is None and message.get("body"):
+                ttft = time.perf_counter() - started
+            await send(message)
+
+        with metrics.exchange() as seen:
+            try:
+                await self.app(scope, receive, observing_send)
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.observe(metrics.route_of(scope), scope["method"], status, elapsed, ttft, seen)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -36,6 +36,8 @@ class CatalogSettings:
     provider_env: Mapping[str, str]
     grace_seconds: float
     log_level: str
+    # host:port serving Prometheus /metrics over HTTP; empty (the default): none.
+    metrics_listen: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> CatalogSettings:
@@ -45,6 +47,7 @@ class CatalogSettings:
             raise SettingsError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
         settings = cls(
             listen=get_str(env, "INTERLOCK_CATALOG_LISTEN", "127.0.0.1:50051"),
+            metrics_listen=get_str(env, "INTERLOCK_CATALOG_METRICS_LISTEN", ""),
             config_path=Path(get_str(env, "INTERLOCK_CATALOG_CONFIG", str(DEFAULT_CONFIG))),
             database=Path(get_str(env, "INTERLOCK_CATALOG_DB", str(data_dir / "catalog.db"))),
             database_url=get_str(env, "INTERLOCK_CATALOG_DATABASE_URL", ""),

@@ -49,6 +49,8 @@ class Child:
     env: dict[str, str]
     # gRPC address to health-check, or None for the HTTP edge.
     grpc_addr: str | None
+    # Where its Prometheus /metrics listens (host:port), or None (the edge serves its own at /metrics).
+    metrics_addr: str | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -85,6 +87,7 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
     admin_key = environ.get("INTERLOCK_ADMIN_KEY") or keys.new_secret()
     ports = {name: _free_port() for name in ("catalog", "router", "ratelimit", "usage")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    metrics = {name: f"127.0.0.1:{_free_port()}" for name in ports}
     base = {
         **environ,
         "INTERLOCK_DATA_DIR": str(data_dir),
@@ -129,6 +132,10 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
             None,
         ),
     ]
+    for child in children:
+        if child.name in metrics:
+            child.metrics_addr = metrics[child.name]
+            child.env[f"INTERLOCK_{child.name.upper()}_METRICS_LISTEN"] = metrics[child.name]
     return children, api_key, admin_key
 
 
@@ -191,6 +198,8 @@ def _write_stack_file(options: UpOptions, children: list[Child]) -> None:
     stack = {
         "edge": f"http://{options.host}:{options.port}",
         "services": {c.name: c.grpc_addr for c in children if c.grpc_addr},
+        # Prometheus scrape URLs of the services; the edge serves its own at <edge>/metrics.
+        "metrics": {c.name: f"http://{c.metrics_addr}/metrics" for c in children if c.metrics_addr},
         "pids": {c.name: c.process.pid for c in children if c.process is not None},
     }
     path = options.data_dir.resolve() / "stack.json"

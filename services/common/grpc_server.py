@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer  # the async servicer health.ai
 from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import InterlockError, ServerError, to_status
+from services.common.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
         log.exception("unhandled error", exc_info=exc)
         exc = ServerError("internal error")
     status = to_status(exc)
-    await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+    # abort() replaces the trailing metadata a servicer set (such as the router's
+    # interlock-upstream-ms): send both.
+    trailing = (*(context.trailing_metadata() or ()), *status.trailing_metadata)
+    await context.abort(status.code, status.details, trailing_metadata=trailing)
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -108,7 +112,8 @@ class GrpcService:
 def create_server(address: str, registrations: Sequence[Registration]) -> GrpcService:
     """Create a server bound to address (port 0 picks a free one), not yet started."""
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        # Metrics first: it sees the status the error mapping settles on.
+        interceptors=[MetricsInterceptor(), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

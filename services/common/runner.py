@@ -1,5 +1,5 @@
-"""The body of every service's __main__: settings once, logging, serve,
-and a clear one-line message (exit code 2) for bad configuration."""
+"""The body of every service's __main__: settings once, logging, the metrics
+listener, serve, and a clear one-line message (exit code 2) for bad configuration."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 from services.common.errors import ConfigError
 from services.common.grpc_server import GrpcService, configure_logging, serve_until_signalled
+from services.common.metrics import start_metrics_server
 
 
 class ServiceSettings(Protocol):
@@ -21,11 +22,14 @@ class ServiceSettings(Protocol):
     @property
     def log_level(self) -> str: ...
 
+    @property
+    def metrics_listen(self) -> str: ...
+
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     print(message, file=sys.stderr)
     sys.exit(2)
 
@@ -47,6 +51,14 @@ def run_service(
 
     configure_logging(settings.log_level)
     try:
+        # Before the service is built: a taken port fails the start, not a scrape later.
+        metrics = start_metrics_server(settings.metrics_listen)
+    except ConfigError as exc:
+        _refuse(f"{label}: invalid settings: {exc}")
+    try:
         asyncio.run(serve())
     except ConfigError as exc:
         _refuse(f"{label}: invalid configuration: {exc}")
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -42,6 +42,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import duration_pb2
 
 from services.common.errors import InterlockError, RateLimitError, error_body
+from services.ratelimit import metrics
 from services.ratelimit.limiter import Limiter, binding, reset_at
 from services.ratelimit.policy import DEFAULT_CLASS, Rules, endpoint_class, ip_quotas
 from services.ratelimit.quotas import MICRO, MINUTE_US, Decision, Kind, Quota, QuotaOutcome, Scope
@@ -96,13 +97,19 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         self._rules = rules
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: Context) -> Response:
+        with metrics.ENVOY_TIMER.time():
+            return await self._should_rate_limit(request)
+
+    async def _should_rate_limit(self, request: rls_pb2.RateLimitRequest) -> Response:
         hits = request.hits_addend or 1
         limited = [self._limited(request.domain, descriptor, hits) for descriptor in request.descriptors]
         scopes, limits = _merge([item for item in limited if item is not None])
         if not scopes:
+            metrics.count_decision(True)
             return Response(overall_code=Code.OK, statuses=[DescriptorStatus(code=Code.OK) for _ in limited])
         decision = await self._limiter.decide(scopes, uuid.uuid4().hex, HOLD_SECONDS)
         if decision is None:
+            metrics.count_degraded(self._limiter.degraded_allows)
             return self._degraded(limited)
         keys = [(scope.name, quota.counter) for scope in scopes for quota in scope.quotas]
         outcomes = dict(zip(keys, decision.outcomes, strict=True))
@@ -111,6 +118,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
             statuses=[_status(item, outcomes, limits) for item in limited],
         )
         refused = None if decision.allowed else binding(decision)
+        metrics.count_decision(decision.allowed, refused)
         if refused is not None:
             limit = next(limits[key] for key, outcome in outcomes.items() if outcome is refused)
             error = RateLimitError(

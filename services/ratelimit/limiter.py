@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from services.common.clock import Clock
+from services.ratelimit.metrics import BACKEND_FAILURES
 from services.ratelimit.quotas import MICRO, NANO, Backend, BackendUnavailableError, Decision, Kind, QuotaOutcome, Scope
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Limiter:
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.backend_errors += 1
+        BACKEND_FAILURES.inc()
         if not self._down:
             self._down = True
             mode = "admitting (fail open)" if self._fail_open else "refusing (fail closed)"

@@ -11,6 +11,7 @@ import grpc
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from services.common.clock import Clock
+from services.ratelimit import metrics
 from services.ratelimit.limiter import Limiter, binding, state, tightest
 from services.ratelimit.policy import Floors, Rules, scopes_for
 from services.ratelimit.quotas import MICRO, Decision, Kind
@@ -27,17 +28,24 @@ class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
         self._clock = clock
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
+        with metrics.CHECK_TIMER.time():
+            return await self._check(request)
+
+    async def _check(self, request: pb.CheckRequest) -> pb.CheckResponse:
         scopes = scopes_for(request, self._rules, self._floors, self._clock.now())
         if not scopes:
+            metrics.count_decision(True)
             return pb.CheckResponse(allowed=True)
         decision = await self._limiter.decide(
             scopes, request.reservation_id or uuid.uuid4().hex, int(request.hold_seconds)
         )
         if decision is None:
             allowed = self._limiter.degraded_allows
+            metrics.count_degraded(allowed)
             return pb.CheckResponse(
                 allowed=allowed, degraded=True, quota=UNAVAILABLE_QUOTA, retry_after_seconds=0 if allowed else 1
             )
+        metrics.count_decision(decision.allowed, None if decision.allowed else binding(decision))
         return response(decision, self._limiter.now_us())
 
     async def Settle(self, request: pb.SettleRequest, context: Context) -> pb.SettleResponse:

@@ -28,6 +28,8 @@ class RateLimitSettings:
     ledger_refresh_seconds: float
     grace_seconds: float
     log_level: str
+    # host:port serving Prometheus /metrics over HTTP; empty (the default): none.
+    metrics_listen: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RateLimitSettings:
@@ -41,6 +43,7 @@ class RateLimitSettings:
             raise ConfigError("INTERLOCK_RATELIMIT_HOLD_SECONDS must be positive; IP limits must not be negative")
         return cls(
             listen=get_str(env, "INTERLOCK_RATELIMIT_LISTEN", "127.0.0.1:50053"),
+            metrics_listen=get_str(env, "INTERLOCK_RATELIMIT_METRICS_LISTEN", ""),
             redis_url=get_str(env, "INTERLOCK_RATELIMIT_REDIS_URL", ""),
             redis_prefix=get_str(env, "INTERLOCK_RATELIMIT_REDIS_PREFIX", "il"),
             redis_cluster=get_bool(env, "INTERLOCK_RATELIMIT_REDIS_CLUSTER", False),

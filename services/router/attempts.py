@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 from interlock.router.v1 import router_pb2 as pb
 from services.common.clock import Clock
 from services.common.errors import InterlockError, UpstreamError
+from services.router import metrics
 from services.router.breaker import CircuitBreakers
 from services.router.providers.base import ProviderAdapter, Target
 from services.router.routing import Plan, deployment_key
@@ -198,6 +199,7 @@ class AttemptRunner:
             decision.attempts.add(
                 provider=target.provider.id, model=target.model.id, outcome=outcome, latency_ms=int(elapsed * 1000)
             )
+            metrics.count_attempt(target.provider.id, key, outcome)
         self._breakers.success(key)
         self._stats.observe(key, elapsed * 1000, first_token=first_token)
         decision.provider = target.provider.id

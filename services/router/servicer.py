@@ -15,6 +15,7 @@ from interlock.router.v1 import router_pb2_grpc
 from services.common import tokens
 from services.common.clock import Clock
 from services.common.errors import InvalidRequestError, UpstreamError
+from services.router import metrics
 from services.router.attempts import AttemptRunner, single
 from services.router.breaker import CircuitBreakers
 from services.router.ledger import Recorder
@@ -67,6 +68,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 param="messages",
             )
 
+    def _finish(
+        self, rec: Recorder, error: BaseException | None, context: Context, watch: metrics.RequestMetrics
+    ) -> None:
+        """Close the request: its one usage event, its metrics, and the trailers that
+        tell the edge how long the providers took."""
+        event = rec.finish(error)
+        trailers = watch.finish(event, error, self._clock.monotonic() - rec.started)
+        if context is not None:
+            context.set_trailing_metadata(trailers)
+        self._emitter.emit(event)
+
     def _settle(self, usage: pb.Usage, model: cpb.Model, rec: Recorder) -> None:
         usage.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
         usage.cost_usd = cost_usd(model, usage)
@@ -81,14 +93,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """Plan, try targets, settle usage and record exactly one usage event."""
         rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=False)
         decision = pb.RoutingDecision()
+        watch = metrics.RequestMetrics(self._clock, spec.endpoint)
         error: BaseException | None = None
         try:
             plan = self._plan(spec)
+            watch.planned = plan.model.id
             decision.reason = plan.reason
             opened = await self._runner.open(
                 plan,
                 decision,
-                lambda a, t: single(lambda: call(a, t)),
+                lambda a, t: watch.timer.wrap(single(lambda: call(a, t))),
                 first_token=False,
                 time_left=context.time_remaining() if context is not None else None,
             )
@@ -103,7 +117,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
         finally:
             rec.routed(decision)
-            self._emitter.emit(rec.finish(error))
+            self._finish(rec, error, context, watch)
 
     async def _serve_stream(
         self,
@@ -117,15 +131,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         chunk always carries usage (counted here if the provider sent none)."""
         rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=True)
         decision = pb.RoutingDecision()
+        watch = metrics.RequestMetrics(self._clock, spec.endpoint)
         error: BaseException | None = None
         target: Target | None = None
         try:
             plan = self._plan(spec)
+            watch.planned = plan.model.id
             decision.reason = plan.reason
             opened = await self._runner.open(
                 plan,
                 decision,
-                open_stream,
+                lambda a, t: watch.timer.wrap(open_stream(a, t)),
                 first_token=True,
                 time_left=context.time_remaining() if context is not None else None,
             )
@@ -163,7 +179,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
         finally:
             rec.routed(decision)
-            self._emitter.emit(rec.finish(error))
+            self._finish(rec, error, context, watch)
 
     # ------------------------------------------------------------ the RPCs
 

@@ -24,6 +24,8 @@ class UsageSettings:
     admin_key_hash: str
     grace_seconds: float
     log_level: str
+    # host:port serving Prometheus /metrics over HTTP; empty (the default): none.
+    metrics_listen: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> UsageSettings:
@@ -34,6 +36,7 @@ class UsageSettings:
         admin = get_str(env, "INTERLOCK_ADMIN_KEY", "")
         return cls(
             listen=get_str(env, "INTERLOCK_USAGE_LISTEN", "127.0.0.1:50054"),
+            metrics_listen=get_str(env, "INTERLOCK_USAGE_METRICS_LISTEN", ""),
             database=Path(get_str(env, "INTERLOCK_USAGE_DB", str(data_dir / "usage.db"))),
             database_url=get_str(env, "INTERLOCK_USAGE_DATABASE_URL", ""),
             catalog_addr=get_str(env, "INTERLOCK_CATALOG_ADDR", "127.0.0.1:50051"),

@@ -49,6 +49,14 @@ class Stack:
         assert isinstance(services, dict)
         return str(services[name])
 
+    def metrics_url(self, name: str) -> str:
+        """The Prometheus scrape URL of a service, or of the edge ("edge")."""
+        if name == "edge":
+            return f"{self.url}/metrics"
+        metrics = self.layout["metrics"]
+        assert isinstance(metrics, dict)
+        return str(metrics[name])
+
     def pid(self, name: str) -> int:
         pids = self.layout["pids"]
         assert isinstance(pids, dict)
