@@ -15,11 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import dashboard
 from gateway.auth import Authenticator
 from gateway.context import EdgeContext
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.estimate import Estimator
-from gateway.middleware import EdgeMiddleware
+from gateway.metrics import metrics_endpoint, router_interceptors
+from gateway.middleware import EdgeMiddleware, MetricsMiddleware
 from gateway.quota import QuotaClient
 from gateway.responses import json_response
 from gateway.routes.chat import create_chat_completion
@@ -31,6 +33,7 @@ from gateway.transcoder import Transcoder
 from interlock.catalog.v1 import catalog_pb2
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from interlock.router.v1 import router_pb2_grpc
+from interlock.usage.v1 import usage_pb2
 from services.common import tokens
 from services.common.catalog_cache import CatalogCache
 from services.common.clock import Clock, SystemClock
@@ -49,22 +52,34 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok", "catalog_version": edge.cache.version})
 
 
-# Services whose google.api.http rules the edge serves as REST (the admin API).
-TRANSCODED_SERVICES = [catalog_pb2.DESCRIPTOR.services_by_name["AdminService"]]
+# Services whose google.api.http rules the edge serves as REST: the admin API on catalog,
+# the usage API on usage, and seed 002's stats (camelCase JSON, as the seed shows) on usage.
+ADMIN_SERVICES = [catalog_pb2.DESCRIPTOR.services_by_name["AdminService"]]
+USAGE_SERVICES = [usage_pb2.DESCRIPTOR.services_by_name["UsageService"]]
+STATS_SERVICES = [usage_pb2.DESCRIPTOR.services_by_name["ModelStatsService"]]
 
 
 def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
     clock = clock or SystemClock()
-    transcoder = Transcoder(TRANSCODED_SERVICES, settings.max_body_bytes)
+    admin_api = Transcoder(ADMIN_SERVICES, settings.max_body_bytes)
+    usage_api = Transcoder(USAGE_SERVICES, settings.max_body_bytes)
+    stats_api = Transcoder(STATS_SERVICES, settings.max_body_bytes, proto_field_names=False)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         channels = [
-            grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
-            for addr in (settings.catalog_addr, settings.router_addr, settings.ratelimit_addr)
+            grpc.aio.insecure_channel(
+                addr,
+                options=CHANNEL_OPTIONS,
+                # The router's trailers say how long a request waited on providers (for the overhead metric).
+                interceptors=router_interceptors() if addr == settings.router_addr else None,
+            )
+            for addr in (settings.catalog_addr, settings.router_addr, settings.ratelimit_addr, settings.usage_addr)
         ]
-        catalog_channel, router_channel, ratelimit_channel = channels
-        transcoder.bind(catalog_channel)
+        catalog_channel, router_channel, ratelimit_channel, usage_channel = channels
+        admin_api.bind(catalog_channel)
+        usage_api.bind(usage_channel)
+        stats_api.bind(usage_channel)
         cache = CatalogCache(catalog_channel, watch_keys=True)
         try:
             await cache.start(CATALOG_WAIT_SECONDS)
@@ -99,11 +114,17 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
-        *transcoder.routes(),
+        # Unauthenticated, like /healthz: the proxy in front must not route it publicly.
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *admin_api.routes(),
+        *usage_api.routes(),
+        *stats_api.routes(),
+        *dashboard.routes(),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(EdgeMiddleware)],
+        # Metrics outermost, so they see the status the edge middleware settles on.
+        middleware=[Middleware(MetricsMiddleware), Middleware(EdgeMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

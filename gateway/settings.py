@@ -15,6 +15,7 @@ class EdgeSettings:
     catalog_addr: str
     router_addr: str
     ratelimit_addr: str
+    usage_addr: str
     # Server-side secret keying API key hashes; must equal the catalog's.
     key_pepper: bytes
     # Largest request body accepted, in bytes; larger ones get 413.
@@ -39,6 +40,7 @@ class EdgeSettings:
             catalog_addr=get_str(env, "INTERLOCK_CATALOG_ADDR", "127.0.0.1:50051"),
             router_addr=get_str(env, "INTERLOCK_ROUTER_ADDR", "127.0.0.1:50052"),
             ratelimit_addr=get_str(env, "INTERLOCK_RATELIMIT_ADDR", "127.0.0.1:50053"),
+            usage_addr=get_str(env, "INTERLOCK_USAGE_ADDR", "127.0.0.1:50054"),
             key_pepper=pepper.encode(),
             max_body_bytes=get_int(env, "INTERLOCK_MAX_BODY_BYTES", 10 * 1024 * 1024),
             ratelimit_fail_open=get_bool(env, "INTERLOCK_RATELIMIT_FAIL_OPEN", True),

@@ -3,7 +3,11 @@
 The same annotations drive Envoy's gRPC-JSON transcoder in production, so the
 two agree by construction: JSON body, path and query parameters become the
 request message; the response (or its `response_body` field) is written as
-proto3 JSON with proto field names and every field present.
+proto3 JSON with every field present, under proto field names or, for services
+whose REST contract is camelCase (seed 002's stats), the proto3 JSON names.
+A method answering google.api.HttpBody writes that body as it is (CSV exports).
+A service may ask for an HTTP status other than 200 with the `x-http-code`
+initial metadata, grpc-gateway's convention.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ FORWARDED_HEADERS = ("authorization", "x-api-key")
 _VERBS = ("get", "post", "put", "patch", "delete")
 _TEMPLATE_VAR = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=[^}]*)?\}")
 UNARY_TIMEOUT_SECONDS = 30.0
+HTTP_BODY = "google.api.HttpBody"
+HTTP_CODE_METADATA = "x-http-code"
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,12 @@ def _set_scalar(msg: message.Message, name: str, raw: str, param: str) -> None:
 class Transcoder:
     """Routes for every annotated method of services; bind() a channel before serving."""
 
-    def __init__(self, services: Sequence[descriptor.ServiceDescriptor], max_body: int) -> None:
+    def __init__(
+        self, services: Sequence[descriptor.ServiceDescriptor], max_body: int, *, proto_field_names: bool = True
+    ) -> None:
         self._services = services
         self._max_body = max_body
+        self._proto_field_names = proto_field_names
         self._stubs: dict[str, Callable[..., Any]] = {}
 
     def bind(self, channel: grpc.aio.Channel) -> None:
@@ -123,12 +132,27 @@ class Transcoder:
                     _set_scalar(msg, name, value, name)
             metadata = [(h, request.headers[h]) for h in FORWARDED_HEADERS if h in request.headers]
             metadata.append(("x-request-id", request.scope["state"]["request_id"]))
-            stub = self._stubs[binding.method.full_name]
-            response = await stub(msg, metadata=metadata, timeout=UNARY_TIMEOUT_SECONDS)
-            out = getattr(response, binding.response_body) if binding.response_body else response
+            call = self._stubs[binding.method.full_name](msg, metadata=metadata, timeout=UNARY_TIMEOUT_SECONDS)
+            response = await call
+            status = _http_status(await call.initial_metadata())
+            if binding.method.output_type.full_name == HTTP_BODY:
+                return Response(response.data, status_code=status, media_type=response.content_type)
             body = json_format.MessageToDict(
-                out, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                response,
+                preserving_proto_field_name=self._proto_field_names,
+                always_print_fields_with_no_presence=True,
             )
-            return json_response(body)
+            if binding.response_body:
+                # The field may be repeated (a bare JSON array, as seed 002 answers).
+                field = response.DESCRIPTOR.fields_by_name[binding.response_body]
+                body = body[field.name if self._proto_field_names else field.json_name]
+            return json_response(body, status)
 
         return handle
+
+
+def _http_status(metadata: Any) -> int:
+    for name, value in metadata or ():
+        if name == HTTP_CODE_METADATA and isinstance(value, str) and value.isdigit() and 200 <= int(value) < 300:
+            return int(value)
+    return 200

@@ -13,19 +13,6 @@ from services.common import keys
 from services.common.errors import AuthenticationError, PermissionDeniedError
 
 
-def presented_secret(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
-    for name, value in metadata:
-        if isinstance(value, bytes):
-            continue
-        if name == "authorization":
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == "x-api-key" and value.strip():
-            return value.strip()
-    return None
-
-
 class AdminGuard:
     def __init__(self, admin_hash: str, pepper: bytes, is_known_key: Callable[[str], bool]) -> None:
         self._admin_hash = admin_hash
@@ -34,7 +21,7 @@ class AdminGuard:
         self._is_known_key = is_known_key
 
     def check(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
-        secret = presented_secret(metadata)
+        secret = keys.presented_secret(metadata)
         if secret is None:
             raise AuthenticationError("The admin API needs the admin key as 'Authorization: Bearer <key>'.")
         if self._admin_hash and keys.verify(secret, self._admin_hash, self._pepper):

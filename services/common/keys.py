@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 
 KEY_PREFIX = "il-"
 
@@ -37,3 +38,17 @@ def mask(secret: str) -> str:
     if len(body) < 12:
         return "*" * 8
     return f"{body[:4]}********{body[-4:]}"
+
+
+def presented_secret(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The key a gRPC caller presented: `authorization: Bearer <key>` or `x-api-key`."""
+    for name, value in metadata:
+        if isinstance(value, bytes):
+            continue
+        if name == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == "x-api-key" and value.strip():
+            return value.strip()
+    return None

@@ -39,6 +39,11 @@ class Recorder:
         self.event.provider = decision.provider
         self.event.deployment = decision.deployment
         self.event.attempts = len(decision.attempts)
+        if not decision.provider and decision.attempts:
+            # Nothing answered: charge the failure to the last model and provider tried, so
+            # per-model and per-provider error rates see it.
+            self.event.model = decision.attempts[-1].model
+            self.event.provider = decision.attempts[-1].provider
 
     def usage(self, usage: pb.Usage) -> None:
         self.event.prompt_tokens = usage.prompt_tokens

@@ -3,25 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+
+import grpc
 
 from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
+from services.common.catalog_cache import CatalogCache
+from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
-from services.usage.servicer import UsageServicer
+from services.usage.callers import CallerResolver
+from services.usage.reports import Reports
+from services.usage.servicer import ModelStatsServicer, UsageServicer
 from services.usage.settings import UsageSettings
 from services.usage.store.open import open_store
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+STATS_SERVICE_NAME = usage_pb2.DESCRIPTOR.services_by_name["ModelStatsService"].full_name
+CATALOG_WAIT_SECONDS = 30.0
 
 
-def build_server(settings: UsageSettings) -> GrpcService:
+async def _follow_catalog(cache: CatalogCache) -> None:
+    # Recording events must not wait for catalog: only the reports need the key records,
+    # and until they arrive only the admin key is recognised.
+    try:
+        await cache.start(CATALOG_WAIT_SECONDS)
+    except TimeoutError:
+        log.warning("catalog not reachable after %.0fs; API keys are unknown until it is", CATALOG_WAIT_SECONDS)
+
+
+async def build_server(settings: UsageSettings, *, clock: Clock | None = None) -> GrpcService:
+    clock = clock or SystemClock()
     store = open_store(settings)
+    catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
+    cache = CatalogCache(catalog_channel, watch_keys=True)
+    following = asyncio.create_task(_follow_catalog(cache))
+    callers = CallerResolver(cache, settings.key_pepper, settings.admin_key_hash, clock)
+    reports = Reports(store, callers, clock)
     service = create_server(
         settings.listen,
-        [Registration(usage_pb2_grpc.add_UsageServiceServicer_to_server, UsageServicer(store), SERVICE_NAME)],
+        [
+            Registration(
+                usage_pb2_grpc.add_UsageServiceServicer_to_server,
+                UsageServicer(store, callers, reports),
+                SERVICE_NAME,
+            ),
+            Registration(
+                usage_pb2_grpc.add_ModelStatsServiceServicer_to_server,
+                ModelStatsServicer(callers, reports),
+                STATS_SERVICE_NAME,
+            ),
+        ],
     )
 
-    async def close_store() -> None:
+    async def close() -> None:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await cache.close()
+        await catalog_channel.close(grace=None)
         await asyncio.to_thread(store.close)
 
-    service.cleanups.append(close_store)
+    service.cleanups.append(close)
     return service

@@ -1,4 +1,5 @@
-"""UsageService: records batches of events and answers counts and spend sums."""
+"""UsageService: records batches of events and answers counts, spend sums and usage
+reports; ModelStatsService: seed 002's model stats."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import asyncio
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2  # type: ignore[attr-defined]  # mypy_path's vendored protos/google/api hides it
 
 from interlock.usage.v1 import usage_pb2 as pb
 from interlock.usage.v1 import usage_pb2_grpc
 from services.common.errors import InvalidRequestError
+from services.usage.callers import CallerResolver
+from services.usage.reports import Reports
 from services.usage.store import EventStore, SpendTotal
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -17,9 +21,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _MAX_UNIX_MS = 2**63 - 1
 
 
+# The HTTP status the REST transcoders (the edge's) answer with, where it is not 200.
+HTTP_CODE_METADATA = "x-http-code"
+
+
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, callers: CallerResolver, reports: Reports) -> None:
         self._store = store
+        self._callers = callers
+        self._reports = reports
         # SQLite allows one writer; serialise here rather than fail on "database is locked".
         self._write_lock = asyncio.Lock()
 
@@ -40,6 +50,28 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         since_ms = min(request.period_start_unix * 1000, _MAX_UNIX_MS)
         totals = await asyncio.to_thread(self._store.spend, since_ms)
         return pb.GetSpendResponse(keys=_to_spend(totals.keys), projects=_to_spend(totals.projects))
+
+    async def QueryUsage(self, request: pb.QueryUsageRequest, context: Context) -> pb.QueryUsageResponse:
+        caller = self._callers.resolve(context.invocation_metadata() or ())
+        return await self._reports.query_usage(caller, request)
+
+    async def ExportUsage(self, request: pb.QueryUsageRequest, context: Context) -> Any:
+        caller = self._callers.resolve(context.invocation_metadata() or ())
+        response = await self._reports.query_usage(caller, request)
+        return httpbody_pb2.HttpBody(content_type="text/csv; charset=utf-8", data=Reports.to_csv(response))
+
+
+class ModelStatsServicer(usage_pb2_grpc.ModelStatsServiceServicer):
+    def __init__(self, callers: CallerResolver, reports: Reports) -> None:
+        self._callers = callers
+        self._reports = reports
+
+    async def GetModelStats(self, request: pb.GetModelStatsRequest, context: Context) -> pb.GetModelStatsResponse:
+        caller = self._callers.resolve(context.invocation_metadata() or ())
+        response = await self._reports.model_stats(caller, request)
+        # Seed 002 answers 201 Created, with [] as well as with results.
+        await context.send_initial_metadata(((HTTP_CODE_METADATA, "201"),))
+        return response
 
 
 def _to_spend(totals: list[SpendTotal]) -> list[pb.Spend]:

@@ -49,6 +49,14 @@ class FailingUsage(usage_pb2_grpc.UsageServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
         raise AssertionError("unreachable")
 
+    def QueryUsage(self, request: pb.QueryUsageRequest, context: grpc.ServicerContext) -> pb.QueryUsageResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
+        raise AssertionError("unreachable")
+
+    def ExportUsage(self, request: pb.QueryUsageRequest, context: grpc.ServicerContext) -> pb.QueryUsageResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
+        raise AssertionError("unreachable")
+
 
 @pytest.fixture(scope="module")
 def grpc_addr() -> str:

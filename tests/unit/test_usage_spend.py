@@ -128,7 +128,8 @@ def test_ledger_from_before_spend_is_migrated(tmp_path: Path) -> None:
 
 
 async def test_servicer_maps_sums_to_the_response(store: SqliteEventStore) -> None:
-    servicer = UsageServicer(store)
+    # GetSpend is internal: no caller is resolved and no report is read.
+    servicer = UsageServicer(store, cast(Any, None), cast(Any, None))
     context = cast(Any, None)
     reply = await servicer.GetSpend(pb.GetSpendRequest(period_start_unix=PERIOD_MS // 1000), context)
     assert {s.id: (s.total_usd, s.period_usd) for s in reply.keys} == as_dict(store.spend(PERIOD_MS).keys)
