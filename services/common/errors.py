@@ -108,6 +108,17 @@ class ServerError(InterlockError):
     pass
 
 
+class LedgerUnavailableError(InterlockError):
+    """The ledger's database cannot be reached right now; the call may be retried later.
+
+    UNAVAILABLE tells producers to keep their spooled events and send them again.
+    """
+
+    http_status = 503
+    code = "ledger_unavailable"
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
 def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
     """The public error shape every HTTP answer (the edge's, Envoy's 429) uses."""
     return {

@@ -6,21 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-import grpc
-
 from interlock.usage.v1 import usage_pb2 as pb
-from services.common.errors import InterlockError
 
-
-class LedgerUnavailableError(InterlockError):
-    """The ledger's database cannot be reached right now; the call may be retried later.
-
-    UNAVAILABLE tells producers to keep their spooled events and send them again.
-    """
-
-    http_status = 503
-    code = "ledger_unavailable"
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+# Re-exported: defined with the other domain errors so every peer rebuilds it by name.
+from services.common.errors import LedgerUnavailableError as LedgerUnavailableError
 
 
 class SpendTotal(NamedTuple):
