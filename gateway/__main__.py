@@ -12,9 +12,12 @@ from gateway.app import create_app
 from gateway.settings import EdgeSettings
 from services.common.errors import ConfigError
 from services.common.grpc_server import configure_logging
+from services.common.parent import die_with_parent
+from services.common.runner import tune_gc
 
 
 def main() -> None:
+    die_with_parent(os.environ)
     try:
         settings = EdgeSettings.from_env(os.environ)
     except ConfigError as exc:
@@ -22,8 +25,10 @@ def main() -> None:
         sys.exit(2)
     configure_logging(settings.log_level)
     logging.getLogger(__name__).info("edge listening on http://%s:%d", settings.host, settings.port)
+    app = create_app(settings)
+    tune_gc()  # after the imports, which are most of what stays alive
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

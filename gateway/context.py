@@ -79,7 +79,17 @@ class EdgeContext:
             client_ip=request.client.host if request.client else "",
             endpoint=endpoint,
         )
-        admission = await self.quotas.check(caller, key, estimate)
+        counted = None
+        if estimate is not None:
+            measure = estimate
+
+            def counted() -> Estimate:
+                # Keep the prompt count for the router, which would otherwise count again.
+                made = measure()
+                caller.prompt_tokens = made.prompt_tokens
+                return made
+
+        admission = await self.quotas.check(caller, key, counted)
         request.scope["state"]["ratelimit_headers"] = admission.headers
         if admission.refusal is not None:
             raise admission.refusal

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from services.common.metrics import LATENCY_BUCKETS, MODEL_KEY, UPSTREAM_MS_KEY, LabelCache
+from services.common.metrics import LATENCY_BUCKETS, MODEL_KEY, UPSTREAM_FIRST_MS_KEY, UPSTREAM_MS_KEY, LabelCache
 
 # The route label of a path no route matched: raw paths would make the label set unbounded.
 OTHER_ROUTE = "other"
@@ -74,6 +74,23 @@ class Exchange:
     model: str = ""
     # Seconds the router reported waiting on providers; None: the router was not reached.
     upstream_seconds: float | None = None
+    # Streams: seconds the router waited on providers until its first message (its initial metadata).
+    upstream_first_seconds: float | None = None
+
+    def overhead_ms(self, elapsed: float) -> bytes | None:
+        """The X-Interlock-Overhead-Ms value when the response starts after `elapsed` seconds:
+        the edge's time minus the providers' so far; None when the router was not reached."""
+        upstream = self.upstream_seconds if self.upstream_seconds is not None else self.upstream_first_seconds
+        if upstream is None:
+            return None
+        return b"%.3f" % (max(elapsed - upstream, 0.0) * 1000)
+
+    def heard_first(self, metadata: Any) -> None:
+        """Take what a router stream's initial metadata says."""
+        for key, value in metadata or ():
+            if key == UPSTREAM_FIRST_MS_KEY:
+                with contextlib.suppress(TypeError, ValueError):
+                    self.upstream_first_seconds = float(value) / 1000
 
     def heard(self, trailers: Any) -> None:
         """Take what the router's trailing metadata says."""
@@ -139,6 +156,8 @@ async def _observed(call: grpc.aio.UnaryStreamCall[Any, Any], request: Any, seen
                 # The router accepted the model, so it is a catalog id; the trailers, if the
                 # stream runs to its end, name the model the router counted instead.
                 seen.model = seen.model or _request_model(request)
+                # Arrived with (before) the first message, so this does not wait.
+                seen.heard_first(await call.initial_metadata())
             yield message
     except grpc.aio.AioRpcError as exc:
         seen.heard(exc.trailing_metadata())

@@ -19,6 +19,7 @@ from services.common.errors import ServerError, error_body
 log = logging.getLogger(__name__)
 # Accept a caller's request id only when it is short and plain, so logs stay clean.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+OVERHEAD_HEADER = b"x-interlock-overhead-ms"
 
 
 class EdgeMiddleware:
@@ -66,7 +67,9 @@ class EdgeMiddleware:
 
 class MetricsMiddleware:
     """Counts and times every HTTP request by route template, and for streams the
-    time to the first body chunk. Outermost, so it sees the status actually sent."""
+    time to the first body chunk. Outermost, so it sees the status actually sent.
+    A response the router had a part in carries X-Interlock-Overhead-Ms: the edge's
+    time until the response started minus the router's wait on providers until then."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -80,19 +83,23 @@ class MetricsMiddleware:
         streaming = False
         ttft: float | None = None
 
-        async def observing_send(message: Message) -> None:
-            nonlocal status, streaming, ttft
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                streaming = any(
-                    key == b"content-type" and value.startswith(b"text/event-stream")
-                    for key, value in message.get("headers", ())
-                )
-            elif streaming and ttft is None and message.get("body"):
-                ttft = time.perf_counter() - started
-            await send(message)
-
         with metrics.exchange() as seen:
+
+            async def observing_send(message: Message) -> None:
+                nonlocal status, streaming, ttft
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    streaming = any(
+                        key == b"content-type" and value.startswith(b"text/event-stream")
+                        for key, value in message.get("headers", ())
+                    )
+                    overhead = seen.overhead_ms(time.perf_counter() - started)
+                    if overhead is not None:
+                        message["headers"] = [*message.get("headers", ()), (OVERHEAD_HEADER, overhead)]
+                elif streaming and ttft is None and message.get("body"):
+                    ttft = time.perf_counter() - started
+                await send(message)
+
             try:
                 await self.app(scope, receive, observing_send)
             finally:

@@ -61,6 +61,14 @@ def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stac
     assert "stopped" in stack.logs()
 
 
+def test_children_die_with_a_supervisor_killed_outright(own_stack: Stack) -> None:
+    pids = list(own_stack.layout["pids"].values())  # type: ignore[union-attr]
+    own_stack.process.kill()  # no chance to stop them itself
+    own_stack.process.wait(10)
+    # Each child asked Linux for SIGTERM on its parent's death when it started.
+    assert _wait(lambda: not any(_alive(pid) for pid in pids), 30), [p for p in pids if _alive(p)]
+
+
 def test_a_service_that_keeps_dying_stops_the_whole_stack(own_stack: Stack) -> None:
     stack = own_stack
     for _ in range(4):

@@ -8,7 +8,6 @@ stack stops with a clear message. Never a half-alive stack.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -27,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import keys
+from services.common.parent import PARENT_PID_ENV
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
@@ -61,12 +61,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Linux: children get SIGTERM if the supervisor is killed outright.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _secret_file(path: Path) -> str:
     """A server-side secret kept in the data directory, created on first use."""
     if path.exists():
@@ -97,6 +91,8 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
         "INTERLOCK_RATELIMIT_ADDR": addr["ratelimit"],
         "INTERLOCK_USAGE_ADDR": addr["usage"],
         "PYTHONUNBUFFERED": "1",
+        # Each child asks Linux to SIGTERM it when this supervisor dies (services/common/parent.py).
+        PARENT_PID_ENV: str(os.getpid()),
     }
     # Secrets go only to the process that needs them.
     base.pop("INTERLOCK_API_KEY", None)
@@ -144,7 +140,6 @@ def _spawn(child: Child) -> None:
         [sys.executable, "-m", child.module],
         env=child.env,
         start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the supervisor runs no threads
     )
 
 

@@ -32,6 +32,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # (milliseconds, fractional), and the catalog model it was counted under.
 UPSTREAM_MS_KEY = "interlock-upstream-ms"
 MODEL_KEY = "interlock-model"
+# Initial metadata of the router's streams, sent with the first message: how long the
+# request waited on providers until then (milliseconds), for the edge's overhead header.
+UPSTREAM_FIRST_MS_KEY = "interlock-upstream-ms-first"
 
 M = TypeVar("M", bound=MetricWrapperBase)
 

@@ -3,16 +3,19 @@ listener, serve, and a clear one-line message (exit code 2) for bad configuratio
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn, Protocol, TypeVar
 
+import uvloop  # uvicorn[standard] brings it; grpc.aio runs on it
+
 from services.common.errors import ConfigError
 from services.common.grpc_server import GrpcService, configure_logging, serve_until_signalled
 from services.common.metrics import start_metrics_server
+from services.common.parent import die_with_parent
 
 
 class ServiceSettings(Protocol):
@@ -27,6 +30,17 @@ class ServiceSettings(Protocol):
 
 
 S = TypeVar("S", bound=ServiceSettings)
+# Young-generation collections every 700 allocations cost a hot path of short-lived protos
+# and dicts a few percent; a larger first threshold keeps the cycle collector out of the way.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Once started: move everything alive (modules, caches, the catalog) out of the
+    collector's sight, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _refuse(message: str) -> NoReturn:
@@ -39,6 +53,7 @@ def run_service(
     load: Callable[[Mapping[str, str]], S],
     build: Callable[[S], GrpcService | Awaitable[GrpcService]],
 ) -> None:
+    die_with_parent(os.environ)
     try:
         settings = load(os.environ)
     except ConfigError as exc:
@@ -47,6 +62,7 @@ def run_service(
     async def serve() -> None:
         built = build(settings)
         service = await built if inspect.isawaitable(built) else built
+        tune_gc()
         await serve_until_signalled(service, settings.grace_seconds, label)
 
     configure_logging(settings.log_level)
@@ -56,7 +72,7 @@ def run_service(
     except ConfigError as exc:
         _refuse(f"{label}: invalid settings: {exc}")
     try:
-        asyncio.run(serve())
+        uvloop.run(serve())
     except ConfigError as exc:
         _refuse(f"{label}: invalid configuration: {exc}")
     finally:

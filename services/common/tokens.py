@@ -146,9 +146,13 @@ def _load(encoding: str) -> Encoding:
     ranks = dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
     if len(ranks) != spec.n_ranks:
         raise RuntimeError(f"{encoding}: expected {spec.n_ranks} ranks, read {len(ranks)}")
-    return tiktoken.Encoding(
+    loaded = tiktoken.Encoding(
         encoding, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
     )
+    # The Rust core holds its own copy of the ranks; only counting is needed here, so the
+    # Python dict (about 30 MB for both tables) is let go.
+    loaded._mergeable_ranks = {}
+    return loaded
 
 
 def get_encoding(encoding: str) -> Encoding:

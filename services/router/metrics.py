@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from interlock.usage.v1 import usage_pb2 as upb
 from services.common.clock import Clock
 from services.common.errors import InterlockError
-from services.common.metrics import LATENCY_BUCKETS, MODEL_KEY, UPSTREAM_MS_KEY, LabelCache
+from services.common.metrics import LATENCY_BUCKETS, MODEL_KEY, UPSTREAM_FIRST_MS_KEY, UPSTREAM_MS_KEY, LabelCache
 
 T = TypeVar("T")
 
@@ -196,6 +196,11 @@ def observe_request(
             _tokens(model, provider, kind).inc(count)
     if event.cost_usd > 0:
         _cost(model, provider).inc(event.cost_usd)
+
+
+def first_chunk_metadata(upstream_seconds: float) -> tuple[tuple[str, str], ...]:
+    """A stream's initial metadata: its wait on providers until its first chunk."""
+    return ((UPSTREAM_FIRST_MS_KEY, f"{upstream_seconds * 1000:.3f}"),)
 
 
 def trailers(model: str, upstream_seconds: float) -> tuple[tuple[str, str], ...]:

@@ -15,6 +15,7 @@ from services.common.grpc_server import GrpcService, Registration, create_server
 from services.common.spool import Spool
 from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers
+from services.router.providers.pool import PooledTransport
 from services.router.providers.registry import build_adapters
 from services.router.routing import Planner
 from services.router.servicer import RouterServicer
@@ -39,15 +40,15 @@ async def build_server(
     clock = clock or SystemClock()
     # First, so a second process on the same spool file fails fast with a clear message.
     spool = await asyncio.to_thread(Spool.open, settings.usage_spool_path, clock)
-    # Load the tokenizer data now, so no request pays for it.
-    await asyncio.to_thread(tokens.warm_up)
+    if settings.warm_tokenizer:
+        await asyncio.to_thread(tokens.warm_up)
     catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
     usage_channel = grpc.aio.insecure_channel(settings.usage_addr, options=USAGE_CHANNEL_OPTIONS)
     cache = CatalogCache(catalog_channel, watch_keys=False)
     await cache.start(CATALOG_WAIT_SECONDS)
     # One pooled client for every upstream: connections are reused across requests.
     http = httpx.AsyncClient(
-        transport=transport,
+        transport=transport or PooledTransport(max_idle_per_origin=200, keepalive_expiry=60),
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
         timeout=httpx.Timeout(60.0, connect=5.0),
     )

@@ -147,6 +147,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             first, target = opened.first, opened.target
             cast(_Answer, first).routing_decision.CopyFrom(decision)
+            if context is not None:
+                # Headers go out before the body: tell the edge now what the first chunk waited on providers.
+                await context.send_initial_metadata(metrics.first_chunk_metadata(watch.timer.seconds))
             streamed: list[str] = []
             usage_seen = False
             async with contextlib.aclosing(opened.rest):
@@ -184,9 +187,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     # ------------------------------------------------------------ the RPCs
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        spec = Spec.of(
-            request, "/v1/chat/completions", CHAT_TYPES, tokens.count_messages(request.messages, request.model)
-        )
+        spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, _chat_prompt_tokens(request))
         return await self._serve_unary(spec, context, lambda a, t: a.chat(request, t))
 
     async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
@@ -195,7 +196,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request,
             "/v1/chat/completions",
             CHAT_TYPES,
-            tokens.count_messages(request.messages, request.model),
+            _chat_prompt_tokens(request),
             stream=True,
         )
         chunks = self._serve_stream(
@@ -300,3 +301,8 @@ async def _as_generator(stream: AsyncIterator[C]) -> AsyncGenerator[C, None]:
     async with contextlib.aclosing(stream):  # type: ignore[type-var]
         async for item in stream:
             yield item
+
+
+def _chat_prompt_tokens(request: pb.ChatRequest) -> int:
+    """The edge's count when it made one (it counted for its quotas); else count here."""
+    return request.caller.prompt_tokens or tokens.count_messages(request.messages, request.model)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.env import get_float, get_int, get_str
+from services.common.env import get_bool, get_float, get_int, get_str
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class RouterSettings:
     # Durable local spool for usage events the usage service cannot take yet. One file per
     # process (a second process on the same file refuses to start).
     usage_spool_path: Path
+    # Load the BPE tables at start. Off by default: the edge sends its chat prompt counts, so
+    # only direct gRPC callers and the legacy completions API need them (loaded on first use).
+    warm_tokenizer: bool
     # Failover: attempts per request, the time to a first byte over all of them, and the backoff between.
     max_attempts: int
     deadline_seconds: float
@@ -51,6 +54,7 @@ class RouterSettings:
             usage_batch_size=get_int(env, "INTERLOCK_USAGE_BATCH_SIZE", 200),
             usage_flush_seconds=get_float(env, "INTERLOCK_USAGE_FLUSH_SECONDS", 0.05),
             usage_spool_path=_spool_path(env, listen),
+            warm_tokenizer=get_bool(env, "INTERLOCK_ROUTER_WARM_TOKENIZER", False),
             max_attempts=get_int(env, "INTERLOCK_ROUTER_MAX_ATTEMPTS", 4),
             deadline_seconds=get_float(env, "INTERLOCK_ROUTER_DEADLINE_SECONDS", 120.0),
             backoff_base_seconds=get_float(env, "INTERLOCK_ROUTER_BACKOFF_BASE_MS", 50.0) / 1000,

@@ -81,6 +81,7 @@ class CallerContext(_message.Message):
     CLIENT_IP_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id shown to the client in X-Request-Id."""
     key_id: _builtins.str
@@ -91,6 +92,11 @@ class CallerContext(_message.Message):
     """Public endpoint, such as /v1/chat/completions."""
     metadata_json: _builtins.str
     """The client's `metadata` object as JSON text."""
+    prompt_tokens: _builtins.int
+    """Prompt tokens of a chat request as the edge counted them for its quotas; 0 when it
+    did not count, and the router counts itself. Saves the router a second count and
+    its own copy of the tokenizer tables.
+    """
     def __init__(
         self,
         *,
@@ -100,10 +106,11 @@ class CallerContext(_message.Message):
         client_ip: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         metadata_json: _builtins.str = ...,
+        prompt_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "endpoint", b"endpoint", "key_id", b"key_id", "metadata_json", b"metadata_json", "project", b"project", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "endpoint", b"endpoint", "key_id", b"key_id", "metadata_json", b"metadata_json", "project", b"project", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
