@@ -22,6 +22,7 @@ from services.common.errors import InterlockError, RateLimitError, UpstreamError
 
 log = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 2.0
+SETTLE_BATCH_MAX = 256
 SETTLE_TIMEOUT_SECONDS = 5.0
 # An unsettled reservation outlives the longest request by this much before it lapses.
 HOLD_MARGIN_SECONDS = 60
@@ -59,8 +60,10 @@ class QuotaClient:
         self._clock = clock
         self._fail_open = fail_open
         self._hold_seconds = hold_seconds + HOLD_MARGIN_SECONDS
-        # Settles run after the response; keep references so none is collected mid-flight.
-        self._pending: set[asyncio.Task[None]] = set()
+        # Settles run after the response, batched: the ones that finish while a batch is in
+        # flight go together in the next. No timer: an idle edge settles at once.
+        self._queue: list[rpb.SettleRequest] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def key_limits(self, key: cpb.ApiKey) -> rpb.Limits:
         """The key's own overrides over its plan's (the default plan when it names none)."""
@@ -149,20 +152,22 @@ class QuotaClient:
         if usage is not None:
             request.used_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
             request.used_usd = usage.cost_usd
-        task = asyncio.create_task(self._settle(request))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append(request)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
 
-    async def _settle(self, request: rpb.SettleRequest) -> None:
-        try:
-            await self._stub.Settle(request, timeout=SETTLE_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as exc:
-            # The hold lapses by itself and the ledger brings the spend back.
-            log.warning("settling %s failed: %s", request.check.reservation_id, exc.code().name)
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:SETTLE_BATCH_MAX], self._queue[SETTLE_BATCH_MAX:]
+            try:
+                await self._stub.SettleBatch(rpb.SettleBatchRequest(settles=batch), timeout=SETTLE_TIMEOUT_SECONDS)
+            except grpc.aio.AioRpcError as exc:
+                # The holds lapse by themselves and the ledger brings the spend back.
+                log.warning("settling %d reservations failed: %s", len(batch), exc.code().name)
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
 
 
 def _unavailable() -> UpstreamError:

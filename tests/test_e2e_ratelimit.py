@@ -147,6 +147,18 @@ async def test_checks_on_two_processes_share_token_and_budget_limits(replicas: R
         assert settled.settled
         again = await stubs[1].Check(check(5000, key_limits=budget, reserve_usd=0.07))
         assert again.allowed
+        # A batch settles several at once (as edges send them); an unknown one is not counted.
+        batch = rpb.SettleBatchRequest(
+            settles=[
+                rpb.SettleRequest(check=check(1000 + i, key_limits=budget, reserve_usd=0.07), used_usd=0.01)
+                for i in admitted[1:4]
+            ]
+            + [rpb.SettleRequest(check=check(999_999, key_limits=budget, reserve_usd=0.07))]
+        )
+        assert (await stubs[1].SettleBatch(batch)).settled == 3
+        # 3 x 0.06 freed: exactly enough for two more 0.07 reservations, not three.
+        more = [await stubs[i % 2].Check(check(6000 + i, key_limits=budget, reserve_usd=0.07)) for i in range(3)]
+        assert [r.allowed for r in more] == [True, True, False]
     finally:
         for channel in channels:
             await channel.close(grace=None)

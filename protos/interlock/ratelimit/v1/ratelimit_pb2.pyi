@@ -358,3 +358,47 @@ class GetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class SettleBatchRequest(_message.Message):
+    """Request for RateLimitService.SettleBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settles(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettleRequest]: ...
+    def __init__(
+        self,
+        *,
+        settles: _abc.Iterable[Global___SettleRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settles", b"settles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleBatchRequest: _TypeAlias = SettleBatchRequest  # noqa: Y015
+
+@_typing.final
+class SettleBatchResponse(_message.Message):
+    """Response of RateLimitService.SettleBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLED_FIELD_NUMBER: _builtins.int
+    settled: _builtins.int
+    """How many of the reservations were found and settled."""
+    def __init__(
+        self,
+        *,
+        settled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settled", b"settled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleBatchResponse: _TypeAlias = SettleBatchResponse  # noqa: Y015

@@ -49,6 +49,11 @@ class RateLimitServiceStub:
                 request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
                 response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.SettleBatch = channel.unary_unary(
+                '/interlock.ratelimit.v1.RateLimitService/SettleBatch',
+                request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchRequest.SerializeToString,
+                response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/interlock.ratelimit.v1.RateLimitService/GetStats',
                 request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.SerializeToString,
@@ -78,6 +83,14 @@ class RateLimitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleBatch(self, request, context):
+        """Settles many reservations in one call. Edges batch the settles of finished requests
+        (whatever finished while the previous batch was in flight), saving a call per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Counters of decisions and of backend failures since the process started.
         """
@@ -97,6 +110,11 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.FromString,
                     response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.SerializeToString,
+            ),
+            'SettleBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleBatch,
+                    request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchRequest.FromString,
+                    response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -163,6 +181,33 @@ class RateLimitService:
             '/interlock.ratelimit.v1.RateLimitService/Settle',
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleRequest.SerializeToString,
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.ratelimit.v1.RateLimitService/SettleBatch',
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchRequest.SerializeToString,
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.SettleBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

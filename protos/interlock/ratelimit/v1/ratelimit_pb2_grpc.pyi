@@ -42,6 +42,10 @@ class RateLimitServiceStub:
     """Checks every applicable quota and reserves from all of them, or from none."""
     Settle: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]
     """Settles a reservation with the real usage; zero usage releases it."""
+    SettleBatch: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleBatchRequest, _ratelimit_pb2.SettleBatchResponse]
+    """Settles many reservations in one call. Edges batch the settles of finished requests
+    (whatever finished while the previous batch was in flight), saving a call per request.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]
     """Counters of decisions and of backend failures since the process started."""
 
@@ -59,6 +63,10 @@ class RateLimitServiceAsyncStub(RateLimitServiceStub):
     """Checks every applicable quota and reserves from all of them, or from none."""
     Settle: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleRequest, _ratelimit_pb2.SettleResponse]  # type: ignore[assignment]
     """Settles a reservation with the real usage; zero usage releases it."""
+    SettleBatch: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.SettleBatchRequest, _ratelimit_pb2.SettleBatchResponse]  # type: ignore[assignment]
+    """Settles many reservations in one call. Edges batch the settles of finished requests
+    (whatever finished while the previous batch was in flight), saving a call per request.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters of decisions and of backend failures since the process started."""
 
@@ -85,6 +93,16 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimit_pb2.SettleResponse, _abc.Awaitable[_ratelimit_pb2.SettleResponse]]:
         """Settles a reservation with the real usage; zero usage releases it."""
+
+    @_abc_1.abstractmethod
+    def SettleBatch(
+        self,
+        request: _ratelimit_pb2.SettleBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.SettleBatchResponse, _abc.Awaitable[_ratelimit_pb2.SettleBatchResponse]]:
+        """Settles many reservations in one call. Edges batch the settles of finished requests
+        (whatever finished while the previous batch was in flight), saving a call per request.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
