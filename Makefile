@@ -62,3 +62,10 @@ bench-ratelimit: $(STAMP)
 .PHONY: bench-usage
 bench-usage: $(STAMP)
 	$(BIN)/python -m bench.usage_stats --events 1000000 10000000 --backend sqlite $(BENCH_ARGS)
+
+# The gateway overhead benchmark (bench/README.md): a mock upstream straight, through Interlock
+# and through LiteLLM proxy (installed into .venv-litellm by bench/litellm/setup.sh on first use),
+# interleaved, 3 repetitions of 10 s runs. BENCH_ARGS='--quick', '--skip-litellm', '--json out.json'.
+.PHONY: bench-gateway
+bench-gateway: $(STAMP)
+	$(BIN)/python -m bench.gateway --reps 3 --seconds 10 $(BENCH_ARGS)

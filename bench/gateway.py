@@ -1,0 +1,265 @@
+"""Gateway overhead: the same load sent straight to a mock upstream, through
+Interlock and through LiteLLM proxy, interleaved, so that machine drift hits
+every target alike.
+
+    python -m bench.gateway [--quick] [--reps 3] [--seconds 10] [--skip-litellm] [--json out.json]
+
+Every target is started once (the mock upstream `bench.mock_upstream`;
+`interlock up` with a catalog whose one provider is the mock, API key auth,
+rate limits checked but never reached, the usage ledger on; `litellm --config`
+in `.venv-litellm`, installed by `bench/litellm/setup.sh` when missing). Then,
+for each repetition and each scenario, every target takes the load in turn
+(`bench.loadgen` in a process of its own). Reported per target: throughput,
+latency percentiles, time to first token, errors by status, CPU of the target's
+processes (100% = one core), their peak RSS summed (VmHWM, reset before each
+run), and the mock upstream's CPU, to show it had headroom. Then the overhead
+of each gateway (its figure minus direct's, per repetition, and the median),
+throughput ratios, and the issue's targets, pass or fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.gateway_targets import (
+    CHAT_BODY,
+    REPO,
+    Target,
+    install_litellm,
+    reset_peak_rss,
+    start_interlock,
+    start_litellm,
+    start_mock,
+    tree_cpu_seconds,
+    tree_peak_rss_mib,
+    tree_pss_mib,
+)
+from bench.harness import markdown_table
+from bench.loadgen import LoadSpec
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    connections: int
+    rate: float = 0.0
+
+
+SCENARIOS = [
+    Scenario("chat-1c", False, 1),
+    Scenario("chat-64c", False, 64),
+    Scenario("stream-8c", True, 8),
+    Scenario("stream-1c", True, 1),
+]
+# The issue's goals for Interlock: (scenario, metric, limit, higher is better).
+GOALS = [
+    ("chat-1c", "added p50 ms", 1.5, False),
+    ("chat-1c", "added p99 ms", 4.0, False),
+    ("chat-64c", "req/s", 1000.0, True),
+    ("chat-64c", "errors", 0.0, False),
+    ("stream-8c", "added TTFT p50 ms", 2.0, False),
+    ("all", "peak RSS MB", 300.0, False),
+]
+
+
+def run_once(target: Target, mock: Target, scenario: Scenario, seconds: float, warmup: float) -> dict[str, Any]:
+    """One loadgen run of scenario against target, with the target's and the mock's CPU and memory."""
+    body = {**CHAT_BODY, "model": target.chat_model, **({"stream": True} if scenario.stream else {})}
+    spec = LoadSpec(
+        url=target.base_url + "/v1/chat/completions",
+        body=json.dumps(body),
+        headers=target.headers,
+        stream=scenario.stream,
+        connections=scenario.connections,
+        rate=scenario.rate,
+        seconds=seconds,
+        warmup=warmup,
+    )
+    pids = [] if target is mock else target.pids()
+    mock_pids = mock.pids()
+    reset_peak_rss(pids)
+    cpu0, mock0, t0 = tree_cpu_seconds(pids), tree_cpu_seconds(mock_pids), time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", "--spec", json.dumps(asdict(spec))],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wall = time.monotonic() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed against {target.name}: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])["result"]
+    # CPU over the whole loadgen run (warm-up included), as a share of one core.
+    result["cpu_pct"] = 100 * (tree_cpu_seconds(pids) - cpu0) / wall if pids else None
+    result["upstream_cpu_pct"] = 100 * (tree_cpu_seconds(mock_pids) - mock0) / wall
+    result["rss_mb"] = tree_peak_rss_mib(pids) if pids else None
+    result["pss_mb"] = tree_pss_mib(pids) if pids else None
+    result["processes"] = len(pids)
+    return result
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _errors(runs: list[dict[str, Any]]) -> str:
+    total: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run["errors"].items():
+            total[kind] = total.get(kind, 0) + count
+    return ", ".join(f"{k}: {v}" for k, v in sorted(total.items())) or "0"
+
+
+def report(results: dict[str, dict[str, list[dict[str, Any]]]], unavailable: dict[str, str]) -> str:
+    """results[scenario][target] = one run per repetition."""
+    out: list[str] = []
+    for scenario, by_target in results.items():
+        rows = []
+        for name, runs in by_target.items():
+            m = {k: _median([r[k] for r in runs]) for k in runs[0] if k not in ("errors", "error_samples", "mode")}
+            rows.append([name, m["rps"], m["p50_ms"], m["p90_ms"], m["p99_ms"], m["max_ms"], m["ttft_p50_ms"],
+                         _errors(runs), m["cpu_pct"], m["upstream_cpu_pct"], m["rss_mb"], m["pss_mb"]])  # fmt: skip
+        out += [f"### {scenario} (median of {len(next(iter(by_target.values())))} runs)", ""]
+        headers = ["target", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "TTFT p50 ms", "errors", "CPU %",
+                   "upstream CPU %", "peak RSS MB", "PSS MB"]  # fmt: skip
+        out += [markdown_table(headers, rows), ""]
+    out += ["### Overhead vs direct (per repetition; median)", ""]
+    rows = []
+    for scenario, by_target in results.items():
+        direct = by_target.get("direct", [])
+        for name, runs in by_target.items():
+            if name == "direct":
+                continue
+            key = "ttft_p50_ms" if "stream" in scenario else "p50_ms"
+            pairs = [(r, d) for r, d in zip(runs, direct, strict=False) if r["ok"] and d["ok"]]
+            p50 = [r[key] - d[key] for r, d in pairs if r[key] is not None and d[key] is not None]
+            p99 = [r["p99_ms"] - d["p99_ms"] for r, d in pairs]
+            ratio = [r["rps"] / d["rps"] for r, d in pairs if d["rps"]]
+            rows.append([scenario, name, "TTFT p50" if "stream" in scenario else "p50", _reps(p50),
+                         _median(list(p50)), _reps(p99), _median(list(p99)), _median(list(ratio))])  # fmt: skip
+    headers = ["scenario", "target", "of", "added ms per rep", "median", "added p99 ms per rep", "median",
+               "req/s ratio"]  # fmt: skip
+    out += [markdown_table(headers, rows), ""]
+    out += ["### Targets (the issue's goals for Interlock, checked for every gateway)", ""]
+    rows = []
+    gateways = [name for name in next(iter(results.values())) if name != "direct"]
+    for name in gateways:
+        for scenario, metric, limit, higher in GOALS:
+            value = _goal_value(results, scenario, name, metric)
+            ran = scenario == "all" or bool(results.get(scenario, {}).get(name))
+            if value is None:
+                verdict = "FAIL (no answers)" if ran else "not run"
+            else:
+                verdict = "PASS" if (value >= limit if higher else value <= limit) else "FAIL"
+            rows.append([name, scenario, metric, value, (">= " if higher else "<= ") + f"{limit:g}", verdict])
+    out += [markdown_table(["target", "scenario", "metric", "measured", "goal", "verdict"], rows), ""]
+    direct_64 = results.get("chat-64c", {}).get("direct", [])
+    if direct_64:
+        busiest = max(
+            r["upstream_cpu_pct"] for by in results.values() for n, rs in by.items() if n != "direct" for r in rs
+        )
+        out.append(
+            f"Mock upstream headroom: direct at 64 connections {_median([r['rps'] for r in direct_64]):,.0f} req/s "
+            f"with the mock at {_median([r['upstream_cpu_pct'] for r in direct_64]):.0f}% of a core (the load "
+            f"generator shares the machine); while a gateway was measured the mock used at most {busiest:.0f}%."
+        )
+    for scenario, by_target in results.items():
+        for name, runs in by_target.items():
+            for status, sample in sorted({k: v for r in runs for k, v in r["error_samples"].items()}.items()):
+                out.append(f"{scenario} {name}: a {status} answer: {sample[:200]!r}")
+    for name, why in unavailable.items():
+        out.append(f"{name}: unavailable: {why}")
+    return "\n".join(out)
+
+
+def _reps(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values) or "–"
+
+
+def _goal_value(
+    results: dict[str, dict[str, list[dict[str, Any]]]], scenario: str, name: str, metric: str
+) -> float | None:
+    if scenario == "all":
+        values = [r["rss_mb"] for by in results.values() for r in by.get(name, []) if r["rss_mb"] is not None]
+        return max(values) if values else None
+    runs, direct = results.get(scenario, {}).get(name, []), results.get(scenario, {}).get("direct", [])
+    if not runs:
+        return None
+    if metric == "req/s":
+        return _median([r["rps"] for r in runs])
+    if metric == "errors":
+        return float(sum(sum(r["errors"].values()) for r in runs))
+    key = {"added p50 ms": "p50_ms", "added p99 ms": "p99_ms", "added TTFT p50 ms": "ttft_p50_ms"}[metric]
+    return _median(
+        [r[key] - d[key] for r, d in zip(runs, direct, strict=False) if r["ok"] and d["ok"] and r[key] and d[key]]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the whole interleaved round")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    parser.add_argument("--quick", action="store_true", help="1 repetition, 3 s runs, 1 s warm-up")
+    parser.add_argument("--skip-litellm", action="store_true", help="direct and Interlock only")
+    parser.add_argument("--litellm-workers", default="1", help="comma-separated worker counts, e.g. 1,2")
+    parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS), help="which scenarios to run")
+    parser.add_argument("--ttft-ms", type=float, default=100.0, help="mock upstream time to first token")
+    parser.add_argument("--token-delay-ms", type=float, default=10.0, help="mock upstream delay between tokens")
+    parser.add_argument("--tokens", type=int, default=20, help="mock upstream completion tokens")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.reps, args.seconds, args.warmup = 1, 3.0, 1.0
+    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    mock = start_mock(args.ttft_ms, args.token_delay_ms, args.tokens)
+    targets: list[Target] = [mock]
+    unavailable: dict[str, str] = {}
+    try:
+        upstream_v1 = mock.base_url + "/v1"
+        print(f"mock upstream at {upstream_v1}; starting interlock", file=sys.stderr)
+        targets.append(start_interlock(upstream_v1))
+        if args.skip_litellm:
+            unavailable["litellm"] = "skipped (--skip-litellm)"
+        else:
+            try:
+                print("installing / starting LiteLLM proxy (first time: a few minutes)", file=sys.stderr)
+                install_litellm()
+                for workers in (int(w) for w in args.litellm_workers.split(",")):
+                    targets.append(start_litellm(upstream_v1, workers))
+            except RuntimeError as exc:
+                unavailable["litellm"] = str(exc).splitlines()[0][:300]
+        results: dict[str, dict[str, list[dict[str, Any]]]] = {s.name: {t.name: [] for t in targets} for s in scenarios}
+        for rep in range(args.reps):
+            for scenario in scenarios:
+                for target in targets:
+                    print(f"rep {rep + 1}/{args.reps} {scenario.name} {target.name}", file=sys.stderr)
+                    results[scenario.name][target.name].append(
+                        run_once(target, mock, scenario, args.seconds, args.warmup)
+                    )
+        processes = ", ".join(f"{t.name} {len(t.pids())}" for t in targets)
+        print(f"\n## Gateway overhead: {os.cpu_count()} CPUs, {args.reps} reps x {args.seconds:g} s "
+              f"(+{args.warmup:g} s warm-up); processes per target: {processes}\n")  # fmt: skip
+        print(report(results, unavailable))
+        if args.json:
+            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
+                                             "unavailable": unavailable}, indent=2))  # fmt: skip
+    finally:
+        for target in reversed(targets):
+            target.stop()
+
+
+if __name__ == "__main__":
+    main()
