@@ -83,8 +83,10 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         cache = CatalogCache(catalog_channel, watch_keys=True)
         try:
             await cache.start(CATALOG_WAIT_SECONDS)
-            # Prompt tokens are counted for token quotas: load the tokenizer now, not on a request.
-            await asyncio.to_thread(tokens.warm_up)
+            # Prompt tokens are counted for token quotas: load the tables the catalog's models use
+            # now, not on a request (each is tens of MB; one added later loads on first use).
+            needed = {tokens.encoding_for(model_id) for model_id in cache.models} or {tokens.O200K_BASE}
+            await asyncio.to_thread(tokens.warm_up, sorted(needed))
             quotas = QuotaClient(
                 ratelimit_pb2_grpc.RateLimitServiceStub(ratelimit_channel),
                 cache,

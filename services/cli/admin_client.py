@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from urllib.parse import quote
 
-import httpx
+# httpx is imported where it is used: `interlock up`, the long-running supervisor, loads
+# this module for its argument parser but never talks HTTP, and httpx costs it ~15 MB.
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -93,6 +96,8 @@ class ModelInfo(TypedDict):
 
 
 def _describe_transport_error(exc: httpx.TransportError) -> str:
+    import httpx  # noqa: PLC0415 - lazy, see above
+
     if isinstance(exc, httpx.ConnectTimeout):
         return "connection timed out"
     if isinstance(exc, httpx.ConnectError):
@@ -113,6 +118,8 @@ class AdminClient:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx  # noqa: PLC0415 - lazy, see above
+
         url = _checked_base_url(base_url)
         self.base_url = url
         self._key = key
@@ -235,6 +242,8 @@ class AdminClient:
         json_body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        import httpx  # noqa: PLC0415 - lazy, see above
+
         try:
             response = self._http.request(method, path, json=json_body, params=params)
         except httpx.TransportError as exc:
@@ -286,6 +295,8 @@ class AdminClient:
 
 def _checked_base_url(raw: str) -> str:
     """http(s)://host[:port][/prefix] without a trailing slash; an SDK-style .../v1 is accepted too."""
+    import httpx  # noqa: PLC0415 - lazy, see above
+
     url = raw.strip().rstrip("/").removesuffix("/v1")
     try:
         parsed = httpx.URL(url)
