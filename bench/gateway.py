@@ -60,6 +60,9 @@ SCENARIOS = [
     Scenario("chat-64c", False, 64),
     Scenario("stream-8c", True, 8),
     Scenario("stream-1c", True, 1),
+    # Open loop: 50 requests/s whatever the answers do, latency from each scheduled send time
+    # (a rate both gateways sustain, so it shows latency under load, not a queue).
+    Scenario("chat-50rps", False, 64, rate=50.0),
 ]
 # The goals for Interlock: (scenario, metric, limit, higher is better).
 GOALS = [
