@@ -32,7 +32,6 @@ is raised as is.
 from __future__ import annotations
 
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from services.catalog.store import PROJECT_UPDATABLE, UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
+from services.common import pg
 
 _T = TypeVar("_T")
 _Connection = psycopg.Connection[tuple[Any, ...]]
@@ -130,11 +130,6 @@ def _param(column: str, value: object) -> object:
     return value
 
 
-def _lock_key(schema: str) -> int:
-    """The schema name hashed to a signed 32-bit integer, the advisory lock's second key."""
-    return int.from_bytes(zlib.crc32(schema.encode()).to_bytes(4, "big"), "big", signed=True)
-
-
 class PostgresKeyStore:
     def __init__(self, url: str, *, schema: str = "interlock") -> None:
         self._url = url
@@ -210,31 +205,20 @@ class PostgresKeyStore:
         return self._run(work, write=True)
 
     def _migrate(self) -> None:
-        """Apply pending MIGRATIONS, one transaction each, under the schema's advisory lock."""
-        lock_key = _lock_key(self._schema)
+        """Apply pending MIGRATIONS under the schema's advisory lock, creating the schema first."""
+
+        def create_schema(conn: _Connection) -> None:
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self._schema)))
+
         with self._lock:
-            conn = self._connection()
-            while True:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", (_LOCK_CLASS, lock_key))
-                    if (
-                        conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)).fetchone()
-                        is None
-                    ):
-                        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self._schema)))
-                    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
-                        conn.execute(
-                            "CREATE TABLE schema_migrations"
-                            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                        )
-                    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-                    applied = int(row[0]) if row else 0
-                    if applied >= len(MIGRATIONS):
-                        return
-                    conn.execute(MIGRATIONS[applied])  # no parameters, so it may hold several statements
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now())", (applied + 1,)
-                    )
+            pg.apply_migrations(
+                self._connection(),
+                MIGRATIONS,
+                lock=(_LOCK_CLASS, pg.lock_key(self._schema)),
+                table="schema_migrations",
+                prepare=create_schema,
+            )
 
     # -- the KeyStore protocol --------------------------------------------------------------
 

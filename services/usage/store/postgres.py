@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +38,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from interlock.usage.v1 import usage_pb2 as pb
+from services.common import pg
 from services.usage.store import AggregateQuery, AggregateRow, LedgerUnavailableError, SpendTotal, SpendTotals, rollup
 
 log = logging.getLogger(__name__)
@@ -208,22 +208,10 @@ class PostgresEventStore:
         return conn
 
     def _migrate(self, conn: _Connection) -> None:
-        """Apply pending MIGRATIONS, one transaction each, under the schema's advisory lock."""
+        """Apply pending MIGRATIONS under the advisory lock of the schema the tables go to."""
         schema = conn.execute("SELECT current_schema()").fetchone()
-        lock_key = zlib.crc32(str(schema[0] if schema else "").encode()) - 2**31  # into int4's range
-        while True:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", (_LOCK_CLASS, lock_key))
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS usage_migrations"
-                    " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                )
-                row = conn.execute("SELECT coalesce(max(version), 0) FROM usage_migrations").fetchone()
-                applied = int(row[0]) if row else 0
-                if applied >= len(MIGRATIONS):
-                    return
-                conn.execute(MIGRATIONS[applied])  # no parameters, so it may hold several statements
-                conn.execute("INSERT INTO usage_migrations (version) VALUES (%s)", (applied + 1,))
+        key = pg.lock_key(str(schema[0] if schema else ""))
+        pg.apply_migrations(conn, MIGRATIONS, lock=(_LOCK_CLASS, key), table="usage_migrations")
 
     def _drop_if_lost(self) -> bool:
         """After a failure: forget the connection if it is gone; True if it was."""
