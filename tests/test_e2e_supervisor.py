@@ -54,6 +54,7 @@ def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stac
         == 200
     )
     assert "router died" in stack.logs()
+    assert f"/dashboard#key={stack.admin_key}" in stack.logs()  # the start-up banner links the dashboard
 
     pids = list(stack.layout["pids"].values())  # type: ignore[union-attr]
     assert stop_stack(stack) == 0

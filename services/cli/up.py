@@ -234,6 +234,8 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
     _say(f"ready at {url}")
     _say(f"API key: {api_key}")
     _say(f"admin key (for /v1/keys, /v1/projects and `interlock keys`): {admin_key}")
+    # The key rides in the URL fragment, which browsers never send to a server.
+    _say(f"usage dashboard: http://{options.host}:{options.port}/dashboard#key={admin_key}")
     _say(
         f"try: curl -s {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
         """-H 'Content-Type: application/json' -d '{"model":"demo-chat","messages":[{"role":"user","content":"hi"}]}'"""
