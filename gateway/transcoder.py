@@ -27,6 +27,7 @@ from starlette.routing import Route
 from gateway.body import read_json_object
 from gateway.responses import json_response
 from services.common.errors import InvalidRequestError
+from services.common.rpc import HTTP_CODE_KEY
 
 # Headers passed on to the service as gRPC metadata; the service authorises.
 FORWARDED_HEADERS = ("authorization", "x-api-key")
@@ -34,7 +35,6 @@ _VERBS = ("get", "post", "put", "patch", "delete")
 _TEMPLATE_VAR = re.compile(r"\{([a-z_][a-z0-9_]*)(?:=[^}]*)?\}")
 UNARY_TIMEOUT_SECONDS = 30.0
 HTTP_BODY = "google.api.HttpBody"
-HTTP_CODE_METADATA = "x-http-code"
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,6 @@ class Transcoder:
 
 def _http_status(metadata: Any) -> int:
     for name, value in metadata or ():
-        if name == HTTP_CODE_METADATA and isinstance(value, str) and value.isdigit() and 200 <= int(value) < 300:
+        if name == HTTP_CODE_KEY and isinstance(value, str) and value.isdigit() and 200 <= int(value) < 300:
             return int(value)
     return 200

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import InterlockError, ServerError, to_status
 from services.common.metrics import MetricsInterceptor
+from services.common.rpc import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return None  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[no-any-return]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[no-any-return]
-        return handler  # type: ignore[no-any-return]
+        return rewrap(await continuation(handler_call_details), _wrap_unary, _wrap_stream)
 
 
 @dataclass

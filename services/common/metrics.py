@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, s
 from prometheus_client.metrics import MetricWrapperBase
 
 from services.common.errors import ConfigError
+from services.common.rpc import rewrap
 
 # Seconds. Spans a cache hit in the catalog (well under a millisecond) to a long
 # completion relayed by the router (minutes).
@@ -185,16 +186,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler: Any = await continuation(handler_call_details)
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
         if handler is None:
-            return None  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
+            return None  # type: ignore[return-value]  # unknown method: not counted, so labels stay bounded
         name = handler_call_details.method
         method = self._methods.get(name)
         if method is None:
-            # Only methods that exist get here, so the label set stays bounded.
             method = self._methods[name] = _Method(name)
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_timed_unary(handler.unary_unary, method))  # type: ignore[no-any-return]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_timed_stream(handler.unary_stream, method))  # type: ignore[no-any-return]
-        return handler  # type: ignore[no-any-return]
+        return rewrap(
+            handler,
+            functools.partial(_timed_unary, method=method),
+            functools.partial(_timed_stream, method=method),
+        )

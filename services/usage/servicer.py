@@ -12,6 +12,7 @@ from google.api import httpbody_pb2  # type: ignore[attr-defined]  # mypy_path's
 from interlock.usage.v1 import usage_pb2 as pb
 from interlock.usage.v1 import usage_pb2_grpc
 from services.common.errors import InvalidRequestError
+from services.common.rpc import HTTP_CODE_KEY
 from services.usage.callers import CallerResolver
 from services.usage.reports import Reports
 from services.usage.store import EventStore, SpendTotal
@@ -19,10 +20,6 @@ from services.usage.store import EventStore, SpendTotal
 Context = grpc.aio.ServicerContext[Any, Any]
 # Event times are int64 milliseconds: a period starting later than that holds nothing.
 _MAX_UNIX_MS = 2**63 - 1
-
-
-# The HTTP status the REST transcoders (the edge's) answer with, where it is not 200.
-HTTP_CODE_METADATA = "x-http-code"
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
@@ -70,7 +67,7 @@ class ModelStatsServicer(usage_pb2_grpc.ModelStatsServiceServicer):
         caller = self._callers.resolve(context.invocation_metadata() or ())
         response = await self._reports.model_stats(caller, request)
         # Seed 002 answers 201 Created, with [] as well as with results.
-        await context.send_initial_metadata(((HTTP_CODE_METADATA, "201"),))
+        await context.send_initial_metadata(((HTTP_CODE_KEY, "201"),))
         return response
 
 
