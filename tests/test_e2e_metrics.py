@@ -12,7 +12,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from services.router import usage_emitter
 from tests.support.limits import auth, chat_body, create_key
 from tests.support.stack import Stack
 
@@ -175,9 +174,10 @@ def test_requests_are_counted_everywhere(stack: Stack, scrapes: dict[str, str]) 
     assert_histogram_moved(
         router_before, router, "interlock_grpc_server_handling_seconds", 3, service=service, method="Chat"
     )
-    if hasattr(usage_emitter, "SPOOL_EVENTS"):
-        assert "interlock_usage_spool_events" in router.families
-        assert "interlock_usage_pending_events" in router.families
+    # The usage service is up: nothing waits in the router's spool.
+    assert "interlock_usage_spool_events" in router.families
+    assert router.value("interlock_usage_spool_events") == 0
+    assert "interlock_usage_pending_events" in router.families
 
     limits_before, limits = before["ratelimit"], after["ratelimit"]
     admitted = {"decision": "admitted", "scope_kind": "none", "quota_kind": "none"}
