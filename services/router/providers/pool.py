@@ -1,112 +1,312 @@
-"""The router's HTTP transport to providers: httpx's, with a cheaper connection pool.
+"""The router's HTTP transport to providers: HTTP/1.1 keep-alive connections on raw asyncio.
 
-httpcore's pool re-examines every connection it holds (and polls each idle socket) on
-every request and every response close, quadratically in the idle ones: with 64 requests
-in flight that was most of the router's time. This pool keeps a stack of idle HTTP/1.1
-connections per origin and looks at one of them per request. Connections are reused
-across requests (keep-alive), and the most recently used is taken first, so the rest
-expire rather than being held open.
+httpx stays the API the provider adapters use (requests, responses, content decoding,
+its exceptions); this transport replaces what sits under it. httpcore, h11 and anyio
+were half of the router's CPU under load (bench/README.md, bench.profile_gateway):
+here a connection is an asyncio.Protocol fed straight into the httptools (llhttp)
+parser uvicorn uses, and idle connections wait on a stack per origin, the most
+recently used taken first so the rest expire rather than being held open.
+
+One exchange at a time per connection (HTTP/1.1 without pipelining). A connection
+goes back to the pool only when its response was read to the end and both sides
+keep it alive; one the provider closed while idle is never handed out, and a request
+whose reused connection closes before a single byte of answer is sent once more on a
+new connection (the provider dropped an idle socket; it never saw the request).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
 
-import httpcore
+import httptools
 import httpx
 
-OriginKey = tuple[bytes, bytes, int]
+OriginKey = tuple[str, str, int]
+# A streamed body stops being read past this much unconsumed data, and resumes below LOW.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
 
 
-class _ReleasingStream:
-    """A response body that gives its connection back to the pool once closed."""
+class _Stale(Exception):
+    """A reused connection closed before any answer: the request may be sent again."""
 
-    def __init__(
-        self, stream: AsyncIterable[bytes], key: OriginKey, connection: httpcore.AsyncHTTPConnection, pool: StackPool
-    ) -> None:
-        self._stream = stream
-        self._key = key
+
+class Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: writes a request, parses its response as bytes arrive."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_done = False
+        self._complete = False
+        self._keep_alive = False
+        self._seen_bytes = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._seen_bytes = True
+        if self._parser is None:
+            # Bytes with no request outstanding: the connection can no longer be trusted.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response from the provider: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._parser is None or self._complete:
+            return
+        if self._head_done and not self._framed():
+            self._complete = True  # a body delimited by the end of the connection
+            self._wake()
+        elif not self._seen_bytes:
+            self._fail(_Stale())
+        else:
+            self._fail(httpx.RemoteProtocolError("the provider closed the connection mid-response"))
+
+    def pause_writing(self) -> None:  # a large request body; asyncio buffers it meanwhile
+        pass
+
+    # --- httptools callbacks ---
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self._status = self._parser.get_status_code()
+        if self._status < 200:
+            self._headers = []  # an interim answer (100 Continue): its final one follows
+            return
+        self._head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._status < 200:
+            return
+        assert self._parser is not None
+        self._keep_alive = self._parser.should_keep_alive()
+        self._complete = True
+        self._wake()
+
+    # --- the exchange ---
+
+    def send(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self._status, self._headers, self._head_done, self._complete = 0, [], False, False
+        self._keep_alive, self._seen_bytes, self._error = False, False, None
+        self._chunks.clear()
+        self._buffered = 0
+        self._transport.write(data)
+
+    async def read_head(self, read_seconds: float | None) -> tuple[int, list[tuple[bytes, bytes]]]:
+        while not self._head_done:
+            await self._wait(read_seconds)
+        return self._status, self._headers
+
+    async def read_chunk(self, read_seconds: float | None) -> bytes:
+        """The next piece of the body, b"" at its end."""
+        while not self._chunks:
+            if self._complete:
+                return b""
+            await self._wait(read_seconds)
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered < LOW_WATER and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    @property
+    def reusable(self) -> bool:
+        return self._complete and self._keep_alive and not self.closed and not self._chunks
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _wait(self, read_seconds: float | None) -> None:
+        """Until the parser has more; httpx's read timeout is per read, not for the whole answer."""
+        if self._error is not None:
+            raise self._error
+        if self.closed and not self._complete:
+            raise httpx.ReadError("the provider connection is closed")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(read_seconds):
+                await self._waiter
+        except TimeoutError:
+            self.close()
+            raise httpx.ReadTimeout("the provider did not answer in time") from None
+        finally:
+            self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _framed(self) -> bool:
+        """Whether the body's end is marked (a length or chunks) rather than the connection's close."""
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
+                return True
+        return False
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read from its connection, which goes back to the pool once it is done."""
+
+    def __init__(self, connection: Connection, pool: PooledTransport, key: OriginKey, timeout: float | None) -> None:
         self._connection = connection
         self._pool = pool
+        self._key = key
+        self._timeout = timeout
+        self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
+        try:
+            while chunk := await self._connection.read_chunk(self._timeout):
+                yield chunk
+        except _Stale:
+            raise httpx.RemoteProtocolError("the provider closed the connection mid-response") from None
 
     async def aclose(self) -> None:
-        try:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            await self._pool.release(self._key, self._connection)
+        if not self._done:
+            self._done = True
+            self._pool.release(self._key, self._connection)
 
 
-class StackPool:
-    """What httpx's transport needs of httpcore's pool: handle_async_request and aclose."""
+class PooledTransport(httpx.AsyncBaseTransport):
+    """httpx's transport interface over keep-alive Connections, a stack of idle ones per origin."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, max_idle_per_origin: int, keepalive_expiry: float) -> None:
-        self._ssl_context = ssl_context
+    def __init__(
+        self,
+        *,
+        max_idle_per_origin: int = 200,
+        keepalive_expiry: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._max_idle = max_idle_per_origin
         self._keepalive_expiry = keepalive_expiry
-        self._idle: dict[OriginKey, list[httpcore.AsyncHTTPConnection]] = {}
+        self._ssl_context = ssl_context or httpx.create_ssl_context()
+        self._idle: dict[OriginKey, list[Connection]] = {}
         self._closed = False
 
-    async def _acquire(self, key: OriginKey, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        url = request.url
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        data = _request_bytes(request, await request.aread())
+        for _ in range(2):
+            connection, reused = await self._acquire(key, request, timeouts.get("connect"))
+            connection.send(data)
+            try:
+                status, headers = await connection.read_head(timeouts.get("read"))
+            except _Stale:
+                connection.close()
+                if reused:
+                    continue  # the provider had dropped this idle connection; send on a fresh one
+                raise httpx.RemoteProtocolError("the provider closed the connection without answering") from None
+            except BaseException:
+                connection.close()
+                raise
+            body = _Body(connection, self, key, timeouts.get("read"))
+            return httpx.Response(status, headers=headers, stream=body, extensions={"http_version": b"HTTP/1.1"})
+        raise httpx.RemoteProtocolError("the provider closed the connection without answering")  # pragma: no cover
+
+    async def _acquire(
+        self, key: OriginKey, request: httpx.Request, connect_seconds: float | None
+    ) -> tuple[Connection, bool]:
         idle = self._idle.get(key)
+        now = time.monotonic()
         while idle:
             connection = idle.pop()
-            # has_expired polls this one socket: a connection the provider closed is not reused.
-            if connection.is_idle() and not connection.has_expired():
-                return connection
-            await connection.aclose()
-        return httpcore.AsyncHTTPConnection(
-            origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry, http1=True, http2=False
-        )
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        origin = request.url.origin
-        key = (origin.scheme, origin.host, origin.port)
-        connection = await self._acquire(key, origin)
+            if not connection.closed and now - connection.idle_since < self._keepalive_expiry:
+                return connection, True
+            connection.close()
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
         try:
-            response = await connection.handle_async_request(request)
-        except BaseException:
-            await connection.aclose()
-            raise
-        stream = response.stream
-        if not isinstance(stream, AsyncIterable):
-            raise TypeError("httpcore answered an async request with a sync stream")
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_ReleasingStream(stream, key, connection, self),
-            extensions=response.extensions,
-        )
+            async with asyncio.timeout(connect_seconds):
+                _, protocol = await loop.create_connection(
+                    Connection,
+                    host,
+                    port,
+                    ssl=self._ssl_context if scheme == "https" else None,
+                    server_hostname=host if scheme == "https" else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}", request=request) from exc
+        return protocol, False
 
-    async def release(self, key: OriginKey, connection: httpcore.AsyncHTTPConnection) -> None:
+    def release(self, key: OriginKey, connection: Connection) -> None:
         idle = self._idle.setdefault(key, [])
-        if self._closed or not connection.is_idle() or len(idle) >= self._max_idle:
-            await connection.aclose()
-        else:
-            idle.append(connection)
+        if self._closed or not connection.reusable or len(idle) >= self._max_idle:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
 
     async def aclose(self) -> None:
         self._closed = True
         for idle in self._idle.values():
             while idle:
                 with contextlib.suppress(Exception):
-                    await idle.pop().aclose()
+                    idle.pop().close()
 
 
-class PooledTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport (its request mapping and error translation) over StackPool."""
-
-    def __init__(self, *, max_idle_per_origin: int = 200, keepalive_expiry: float = 60.0) -> None:
-        super().__init__(http1=True, http2=False)
-        self._pool = StackPool(  # type: ignore[assignment]
-            httpx.create_ssl_context(),
-            max_idle_per_origin=max_idle_per_origin,
-            keepalive_expiry=keepalive_expiry,
-        )
+def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
+    """The request's head and body as one write."""
+    target = request.url.raw_path or b"/"
+    lines = [request.method.encode() + b" " + target + b" HTTP/1.1"]
+    # The body was read whole, so it goes with its length, never in chunks.
+    framing = (b"content-length", b"transfer-encoding")
+    lines.extend(name + b": " + value for name, value in request.headers.raw if name.lower() not in framing)
+    if body or request.method not in ("GET", "HEAD"):
+        lines.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -1,0 +1,191 @@
+"""Where Interlock's CPU goes under load: py-spy on every process while chat-64c runs.
+
+    python -m bench.profile_gateway [--seconds 15] [--connections 64] [--stream] [--out DIR]
+
+Starts the mock upstream and `interlock up` as bench.gateway does, drives non-stream chat
+at --connections from bench.loadgen, and meanwhile records each Interlock process with
+py-spy (raw collapsed stacks, GIL-holding samples only, so the figures are CPU, not
+waiting). Prints, per process, its CPU per request (from /proc) and where its samples
+fall: by layer (gRPC, protobuf, HTTP server, HTTP client, event loop, our code, ...) and
+the functions with the most self time. The raw files stay in --out for flame graphs
+(`py-spy` raw format is what inferno/flamegraph.pl read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.gateway_targets import CHAT_BODY, REPO, start_interlock, start_mock, tree_cpu_seconds, tree_pids
+from bench.harness import markdown_table
+from bench.loadgen import LoadSpec
+
+# First match wins: a frame's file path fragment → the layer it belongs to.
+LAYERS: list[tuple[str, str]] = [
+    ("grpc/", "gRPC (grpc.aio)"),
+    ("grpc_", "gRPC (grpc.aio)"),
+    ("google/protobuf", "protobuf"),
+    ("_pb2", "protobuf"),
+    ("uvicorn/", "HTTP server (uvicorn/httptools)"),
+    ("httptools", "HTTP server (uvicorn/httptools)"),
+    ("starlette/", "Starlette"),
+    ("httpx/", "HTTP client (httpx/anyio)"),
+    ("httpcore/", "HTTP client (httpx/anyio)"),
+    ("h11/", "HTTP client (httpx/anyio)"),
+    ("anyio/", "HTTP client (httpx/anyio)"),
+    ("sniffio/", "HTTP client (httpx/anyio)"),
+    ("orjson", "JSON"),
+    ("json/", "JSON"),
+    ("tiktoken", "tokenizer"),
+    ("prometheus_client/", "metrics (prometheus_client)"),
+    # Without native frames, C run from the loop (uvloop's I/O, gRPC core's completion
+    # queue, protobuf's upb parsing of what gRPC deserializes) shows as the loop's Runner.run.
+    ("asyncio/runners.py", "event loop + C run from it (uvloop, gRPC core, upb)"),
+    ("asyncio/", "asyncio (tasks, futures)"),
+    ("uvloop", "event loop + C run from it (uvloop, gRPC core, upb)"),
+    ("sqlite3", "SQLite"),
+    ("logging/", "logging"),
+    ("/gateway/", "Interlock: edge"),
+    ("/services/router/providers/", "Interlock: provider clients"),
+    ("/services/router/", "Interlock: router"),
+    ("/services/ratelimit/", "Interlock: ratelimit"),
+    ("/services/usage/", "Interlock: usage"),
+    ("/services/common/", "Interlock: common"),
+]
+
+
+def layer_of(frame: str) -> str:
+    for fragment, layer in LAYERS:
+        if fragment in frame:
+            return layer
+    return "other (stdlib, interpreter)"
+
+
+def parse_raw(path: Path) -> tuple[Counter[str], Counter[str]]:
+    """py-spy raw output (`frame;frame;...;leaf count` per line) → self samples per leaf
+    function, and inclusive samples per layer (a sample counts once for every layer on its stack)."""
+    leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            frames = stack.split(";")
+            leaves[frames[-1]] += int(count)
+            for layer in {layer_of(frame) for frame in frames}:
+                inclusive[layer] += int(count)
+    return leaves, inclusive
+
+
+def _process_names(root: int) -> dict[int, str]:
+    """pid → Interlock process name (`services.router`, `gateway`, ...), from each command line."""
+    names: dict[int, str] = {}
+    for pid in tree_pids(root):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv:
+            module = argv[argv.index(b"-m") + 1].decode()
+            if module != "services.cli.main":
+                names[pid] = module.removeprefix("services.")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--out", type=Path, default=None, help="keep the raw profiles here")
+    parser.add_argument("--top", type=int, default=8, help="functions listed per process")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="interlock-profile-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    mock = start_mock(100.0, 10.0, 20)
+    interlock = start_interlock(mock.base_url + "/v1")
+    try:
+        assert interlock.process is not None
+        names = _process_names(interlock.process.pid)
+        body = {**CHAT_BODY, "model": interlock.chat_model, **({"stream": True} if args.stream else {})}
+        spec = LoadSpec(
+            url=interlock.base_url + "/v1/chat/completions",
+            body=json.dumps(body),
+            headers=interlock.headers,
+            stream=args.stream,
+            connections=args.connections,
+            seconds=args.seconds,
+            warmup=2.0,
+        )
+        load = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", "--spec", json.dumps(asdict(spec))],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        time.sleep(2.0)  # the warm-up: profile the measured window only
+        cpu0 = {pid: tree_cpu_seconds([pid]) for pid in names}
+        spies = {
+            pid: subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(args.seconds)),
+                 "-r", str(args.rate), "-f", "raw", "--gil", "--nolineno", "--full-filenames",
+                 "-o", str(out / f"{name}.raw")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for pid, name in names.items()
+        }  # fmt: skip
+        for spy in spies.values():
+            spy.wait()
+        cpu = {pid: tree_cpu_seconds([pid]) - cpu0[pid] for pid in names}
+        stdout, _ = load.communicate()
+        result = json.loads(stdout.strip().splitlines()[-1])["result"]
+    finally:
+        interlock.stop()
+        mock.stop()
+
+    requests = max(result["rps"] * args.seconds, 1.0)
+    print(f"# Interlock under {'stream' if args.stream else 'chat'} at {args.connections} connections")
+    print(f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms; raw profiles in {out}\n")
+    rows = []
+    for pid, name in sorted(names.items(), key=lambda item: -cpu[item[0]]):
+        rows.append([name, f"{1000 * cpu[pid] / requests:.2f}", f"{100 * cpu[pid] / args.seconds:.0f}"])
+    print(markdown_table(["process", "CPU ms / request", "CPU % (1 core = 100)"], rows))
+    for _pid, name in sorted(names.items(), key=lambda item: -cpu[item[0]]):
+        raw = out / f"{name}.raw"
+        if not raw.exists():
+            print(f"\n{name}: no profile (py-spy could not attach)")
+            continue
+        leaves, inclusive = parse_raw(raw)
+        total = sum(leaves.values()) or 1
+        layers: Counter[str] = Counter()
+        for leaf, count in leaves.items():
+            layers[layer_of(leaf)] += count
+        print(f"\n## {name}: {total} samples while holding the GIL\n")
+        table = [[k, f"{100 * v / total:.1f}", f"{100 * inclusive[k] / total:.1f}"] for k, v in layers.most_common()]
+        print(markdown_table(["layer", "self %", "on the stack %"], table))
+        print()
+        top = [[_short(leaf), f"{100 * count / total:.1f}"] for leaf, count in leaves.most_common(args.top)]
+        print(markdown_table(["function (self time)", "share %"], top))
+
+
+def _short(frame: str) -> str:
+    """`fn (/long/path/site-packages/pkg/mod.py)` → `fn (pkg/mod.py)`."""
+    name, _, path = frame.partition(" (")
+    for marker in ("site-packages/", str(REPO) + "/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path}" if path else name
+
+
+if __name__ == "__main__":
+    main()
