@@ -1,0 +1,25 @@
+"""How every process opens its gRPC client channels to the other services."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+# In Kubernetes the services are headless: DNS answers every pod's address. round_robin spreads
+# calls over all of them (pick_first would pin a client to one pod); the servers' maximum
+# connection age (grpc_server.create_server) makes clients re-resolve, so new pods get traffic.
+# Pings keep idle watch streams alive through proxies and NAT.
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+def open_channel(
+    address: str,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[*CLIENT_OPTIONS, *options], interceptors=interceptors)
