@@ -69,3 +69,8 @@ bench-usage: $(STAMP)
 .PHONY: bench-gateway
 bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway --reps 3 --seconds 10 $(BENCH_ARGS)
+
+# Where Interlock's CPU goes under chat at 64 connections: py-spy on every process (bench/README.md).
+.PHONY: bench-profile
+bench-profile: $(STAMP)
+	$(BIN)/python -m bench.profile_gateway --seconds 15 $(BENCH_ARGS)

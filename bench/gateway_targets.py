@@ -20,7 +20,8 @@ from typing import IO
 
 import yaml
 
-from bench.harness import cpu_seconds, free_port, peak_rss_kib
+from bench.harness import cpu_seconds, peak_rss_kib
+from services.common.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = REPO / ".venv-litellm"

@@ -43,7 +43,6 @@ from bench.harness import (
     ServiceProcess,
     cpu_seconds,
     delete_redis_prefix,
-    free_port,
     grpc_serving,
     machine_busy_seconds,
     markdown_table,
@@ -65,6 +64,7 @@ from bench.ratelimit_load import (
 )
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
+from services.common.ports import free_port
 from services.ratelimit.server import build_backend
 from services.ratelimit.settings import RateLimitSettings
 

@@ -35,9 +35,10 @@ def main() -> None:
         http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-        # Uvicorn parses X-Forwarded-For only from these; Envoy sits on loopback locally.
-        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        # Uvicorn believes X-Forwarded-For only from these peers (the proxy in front).
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

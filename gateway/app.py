@@ -8,7 +8,6 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 
-import grpc
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -24,24 +23,28 @@ from gateway.metrics import metrics_endpoint, router_interceptors
 from gateway.middleware import EdgeMiddleware, MetricsMiddleware
 from gateway.quota import QuotaClient
 from gateway.responses import json_response
+from gateway.routes.agents import agent_result, run_agent
 from gateway.routes.chat import create_chat_completion
 from gateway.routes.completions import create_completion
 from gateway.routes.embeddings import create_embeddings
+from gateway.routes.execute import execute, execute_result, model_info
+from gateway.routes.messages import count_message_tokens, create_message
 from gateway.routes.models import get_model, list_models
 from gateway.settings import EdgeSettings
 from gateway.transcoder import Transcoder
 from interlock.catalog.v1 import catalog_pb2
+from interlock.jobs.v1 import jobs_pb2_grpc
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from interlock.router.v1 import router_pb2_grpc
 from interlock.usage.v1 import usage_pb2
 from services.common import tokens
 from services.common.catalog_cache import CatalogCache
+from services.common.channels import open_channel
 from services.common.clock import Clock, SystemClock
 
 CATALOG_WAIT_SECONDS = 30.0
 # Keep channels warm between bursts; the services are long-lived neighbours.
 CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
@@ -68,7 +71,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         channels = [
-            grpc.aio.insecure_channel(
+            open_channel(
                 addr,
                 options=CHANNEL_OPTIONS,
                 # The router's trailers say how long a request waited on providers (for the overhead metric).
@@ -93,6 +96,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
                 clock,
                 fail_open=settings.ratelimit_fail_open,
                 hold_seconds=math.ceil(settings.request_timeout_seconds),
+                ip_limits=settings.ip_limits,
             )
             app.state.edge = EdgeContext(
                 settings=settings,
@@ -101,6 +105,8 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
                 router=router_pb2_grpc.RouterServiceStub(router_channel),
                 quotas=quotas,
                 estimator=Estimator(cache, settings.default_completion_tokens),
+                # Jobs (execute / poll, agents) are served by the usage process.
+                jobs=jobs_pb2_grpc.JobServiceStub(usage_channel),
             )
             yield
             await quotas.drain()
@@ -113,8 +119,17 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
         Route("/v1/completions", create_completion, methods=["POST"]),
         Route("/v1/embeddings", create_embeddings, methods=["POST"]),
+        # Anthropic's Messages API, for its SDKs (errors in its shape: gateway.errors).
+        Route("/v1/messages", create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        # Seed 002's aiXplain-style execute / poll, model description and agents APIs.
+        Route("/api/v2/execute/{model_id:path}", execute, methods=["POST"]),
+        Route("/api/v2/data/{request_id}", execute_result, methods=["GET"]),
+        Route("/sdk/models/{model_id:path}", model_info, methods=["GET"]),
+        Route("/v2/agents/{agent_id}/run", run_agent, methods=["POST"]),
+        Route("/sdk/agents/{request_id}/result", agent_result, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         # Unauthenticated, like /healthz: the proxy in front must not route it publicly.
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -15,7 +15,8 @@ def presented_key(headers: Headers) -> str | None:
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
+        # "Token" is how aiXplain's SDK sends its key to the platform API.
+        if scheme.lower() in ("bearer", "token") and token.strip():
             return token.strip()
     api_key = headers.get("x-api-key")  # header lookup is case-insensitive: X-API-Key too
     return api_key.strip() if api_key and api_key.strip() else None

@@ -18,6 +18,7 @@ from gateway.quota import QuotaClient, Reservation
 from gateway.settings import EdgeSettings
 from gateway.sse import open_stream
 from interlock.catalog.v1 import catalog_pb2 as cpb
+from interlock.jobs.v1 import jobs_pb2_grpc
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
 from services.common.catalog_cache import CatalogCache
@@ -51,6 +52,7 @@ class EdgeContext:
         router: router_pb2_grpc.RouterServiceAsyncStub,
         quotas: QuotaClient,
         estimator: Estimator,
+        jobs: jobs_pb2_grpc.JobServiceAsyncStub | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -58,6 +60,12 @@ class EdgeContext:
         self.router = router
         self.quotas = quotas
         self.estimator = estimator
+        self._jobs = jobs
+
+    @property
+    def jobs(self) -> jobs_pb2_grpc.JobServiceAsyncStub:
+        assert self._jobs is not None, "the edge was built without the job service"
+        return self._jobs
 
     def authenticate(self, request: Request) -> cpb.ApiKey:
         return self.auth.authenticate(request.headers)

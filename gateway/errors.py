@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.anthropic import errors as anthropic_errors
 from services.common.errors import (
     InterlockError,
     InvalidRequestError,
@@ -22,12 +23,17 @@ from services.common.errors import (
 log = logging.getLogger(__name__)
 
 
-def error_response(error: InterlockError, request_id: str) -> Response:
+def error_response(error: InterlockError, request_id: str, path: str = "") -> Response:
+    """The error in the public shape, or in Anthropic's on the Messages API's paths."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    anthropic = anthropic_errors.serves(path)
+    if anthropic:
+        headers["request-id"] = request_id  # where Anthropic's SDKs look for it
+    body = anthropic_errors.error_body(error, request_id) if anthropic else error_body(error, request_id)
     return Response(
-        orjson.dumps(error_body(error, request_id)),
+        orjson.dumps(body),
         status_code=error.http_status,
         media_type="application/json",
         headers=headers,
@@ -40,12 +46,12 @@ def request_id_of(request: Request) -> str:
 
 async def on_interlock_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InterlockError)
-    return error_response(exc, request_id_of(request))
+    return error_response(exc, request_id_of(request), request.url.path)
 
 
 async def on_rpc_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, grpc.RpcError)
-    return error_response(from_rpc_error(exc), request_id_of(request))
+    return error_response(from_rpc_error(exc), request_id_of(request), request.url.path)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -59,7 +65,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
         )
     else:
         error = InvalidRequestError(str(exc.detail), http_status=exc.status_code)
-    return error_response(error, request_id_of(request))
+    return error_response(error, request_id_of(request), request.url.path)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -14,6 +14,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
+from gateway.anthropic import errors as anthropic_errors
 from services.common.errors import ServerError, error_body
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,10 @@ class EdgeMiddleware:
             log.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise  # too late for a clean answer; the server closes the connection
-            body = orjson.dumps(
-                error_body(ServerError("The server had an error while processing your request."), request_id)
-            )
+            error = ServerError("The server had an error while processing your request.")
+            # The Messages API's clients read Anthropic's shape, even for our own failures.
+            shape = anthropic_errors.error_body if anthropic_errors.serves(scope.get("path", "")) else error_body
+            body = orjson.dumps(shape(error, request_id))
             await send_with_headers(
                 {
                     "type": "http.response.start",

@@ -54,8 +54,12 @@ class QuotaClient:
         *,
         fail_open: bool,
         hold_seconds: int,
+        ip_limits: bool = True,
     ) -> None:
         self._stub = stub
+        # False behind Envoy, whose rate limit filter takes the per-IP quotas from the same
+        # counters: asking again here would count each request twice.
+        self._ip_limits = ip_limits
         self._cache = cache
         self._clock = clock
         self._fail_open = fail_open
@@ -96,7 +100,7 @@ class QuotaClient:
         check = rpb.CheckRequest(
             key_id=caller.key_id,
             project=caller.project,
-            client_ip=caller.client_ip,
+            client_ip=caller.client_ip if self._ip_limits else "",
             endpoint=caller.endpoint,
             key_limits=self.key_limits(key),
             project_limits=self.project_limits(caller.project),

@@ -28,6 +28,19 @@ class EdgeSettings:
     # (capped by the model's own output limit).
     default_completion_tokens: int
     log_level: str
+    # Whether the edge takes the per-IP quotas itself; false behind Envoy, which does
+    # (the client IP is still recorded with each request).
+    ip_limits: bool = True
+    # Peers whose X-Forwarded-For the edge believes (uvicorn's forwarded_allow_ips):
+    # the proxy in front, so the edge sees the real client address.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # How long an idle client connection stays open; longer than the proxy's own idle
+    # timeout (Envoy: 30 s), so the proxy never reuses a connection the edge is closing.
+    keep_alive_seconds: int = 75
+    # How long open requests (streams included) may finish after SIGTERM, as the services' drain.
+    grace_seconds: float = 5.0
+    # How long POST /api/v2/execute waits for its job before answering with a requestId to poll.
+    execute_wait_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeSettings:
@@ -47,4 +60,9 @@ class EdgeSettings:
             request_timeout_seconds=get_float(env, "INTERLOCK_REQUEST_TIMEOUT_SECONDS", 600.0),
             default_completion_tokens=get_int(env, "INTERLOCK_DEFAULT_COMPLETION_TOKENS", 4096),
             log_level=get_str(env, "INTERLOCK_LOG_LEVEL", "info"),
+            ip_limits=get_bool(env, "INTERLOCK_EDGE_IP_LIMITS", True),
+            forwarded_allow_ips=get_str(env, "INTERLOCK_EDGE_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            keep_alive_seconds=get_int(env, "INTERLOCK_EDGE_KEEP_ALIVE_SECONDS", 75),
+            grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
+            execute_wait_seconds=get_float(env, "INTERLOCK_EDGE_EXECUTE_WAIT_SECONDS", 5.0),
         )

@@ -13,11 +13,13 @@ import pytest
 import yaml
 from psycopg import sql
 
+from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.keystore import PG_URL
 from tests.support.stack import Stack, free_port, start_stack, stop_stack
 
 UPSTREAM_KEY = "sk-upstream-test-key"
+GEMINI_KEY = "gemini-e2e-key"
 DEMO_TOKEN_DELAY_MS = 25
 MAX_BODY_BYTES = 256 * 1024
 
@@ -26,6 +28,20 @@ MAX_BODY_BYTES = 256 * 1024
 def fake_upstream() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(required_api_key=UPSTREAM_KEY) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def gemini_fake() -> Iterator[FakeGemini]:
+    """A fake Gemini API (generateContent and its stream) for the stacks that route to Gemini."""
+    with FakeGemini(required_api_key=GEMINI_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def gemini(gemini_fake: FakeGemini) -> Iterator[FakeGemini]:
+    gemini_fake.reset()
+    yield gemini_fake
+    gemini_fake.reset()
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import orjson
 import pytest
 import yaml
 
+from tests.conftest import GEMINI_KEY
 from tests.support.fake_gemini import TOOL_ARGS, FakeGemini
 from tests.support.openai_schema import validate
 from tests.support.stack import Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
-GEMINI_KEY = "gemini-e2e-key"
 KEY_ENV = "INTERLOCK_TEST_GEMINI_KEY"
 HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
 TOOLS = [
@@ -37,19 +37,6 @@ TOOLS = [
         },
     }
 ]
-
-
-@pytest.fixture(scope="module")
-def gemini_fake() -> Iterator[FakeGemini]:
-    with FakeGemini(required_api_key=GEMINI_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def gemini(gemini_fake: FakeGemini) -> Iterator[FakeGemini]:
-    gemini_fake.reset()
-    yield gemini_fake
-    gemini_fake.reset()
 
 
 @pytest.fixture(scope="module")

@@ -220,8 +220,47 @@ def test_outcomes_and_time_to_first_token_inputs(store: EventStore) -> None:
     assert row.cost_usd == 2.5 and isinstance(row.cost_usd, float)
     for grouped in store.aggregate(replace(EVERYTHING, group_by=("day", "key"))):
         values = list(vars(grouped).values())[1:]
-        assert [type(v) for v in values] == [int] * 7 + [float] + [int] * 2  # not PostgreSQL's Decimal
+        # Not PostgreSQL's Decimal; the last three are the merged score sums.
+        assert [type(v) for v in values] == [int] * 7 + [float] + [int] * 2 + [float, int, int]
         assert [type(v) for v in grouped.dims.values()] == [int, str]
+
+
+def score(rid: str, evaluator: str, value: float, **fields: object) -> pb.QualityScore:
+    values: dict[str, object] = {"key_id": "k1", "project": "p1", "model": "m1", "provider": "pa",
+                                 "source": pb.SCORE_SOURCE_EVALUATOR, "request_time_unix_ms": T0}  # fmt: skip
+    values.update(fields)
+    return pb.QualityScore(request_id=rid, evaluator=evaluator, score=value, **values)  # type: ignore[arg-type]
+
+
+def test_scores_upsert_and_merge_into_their_groups(store: EventStore) -> None:
+    store.insert([ev("a"), ev("b"), ev("c", model="m2")])
+    batch = [
+        score("a", "json", 1.0),
+        score("a", "judge", 0.5),
+        score("b", "json", 0.0),
+        score("c", "json", 1.0, model="m2"),
+    ]
+    assert store.insert_scores(batch) == 4
+    # A replay rewrites the same rows; a changed feedback replaces the earlier one; errors are not averaged.
+    store.insert_scores([*batch, score("b", "judge", 0.9, error=True)])
+    store.insert_scores([score("b", "feedback", 0.0, source=pb.SCORE_SOURCE_FEEDBACK)])
+    store.insert_scores([score("b", "feedback", 1.0, source=pb.SCORE_SOURCE_FEEDBACK)])
+    rows = {r.dims["model"]: r for r in store.aggregate(replace(EVERYTHING, group_by=("model",)))}
+    assert (rows["m1"].scored_requests, rows["m1"].score_count, rows["m1"].score_sum) == (2, 4, 2.5)
+    assert (rows["m2"].scored_requests, rows["m2"].score_count, rows["m2"].score_sum) == (1, 1, 1.0)
+    [total] = store.aggregate(EVERYTHING)
+    assert (total.requests, total.scored_requests, total.score_count) == (3, 3, 5)
+    # Scores of a request whose event is not stored yet wait for it, out of every row.
+    store.insert_scores([score("late", "json", 1.0, model="m3")])
+    assert [r.dims["model"] for r in store.aggregate(replace(EVERYTHING, group_by=("model",)))] == ["m1", "m2"]
+
+
+def test_find_event_gives_the_owner_and_model(store: EventStore) -> None:
+    store.insert([ev("a", key_id="k7", project="p7", model="", model_requested="router:fast")])
+    found = store.find_event("a")
+    assert found is not None
+    assert (found.key_id, found.project, found.model_requested, found.time_unix_ms) == ("k7", "p7", "router:fast", T0)
+    assert store.find_event("nope") is None
 
 
 def test_spend_and_count_are_unchanged(store: EventStore) -> None:
@@ -397,7 +436,7 @@ def test_postgres_migrations_are_recorded_once(admin: psycopg.Connection, pg_url
     for s in stores:
         s.close()
     table = sql.Identifier(pg_schema, "usage_migrations")
-    assert admin.execute(sql.SQL("SELECT version FROM {}").format(table)).fetchall() == [(1,)]
+    assert admin.execute(sql.SQL("SELECT version FROM {} ORDER BY 1").format(table)).fetchall() == [(1,), (2,)]
     assert admin.execute("SELECT to_regclass('public.usage_hourly')").fetchone() == (None,)
 
 

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from interlock.catalog.v1 import catalog_pb2 as pb
+from services.catalog.agents import parse_agents
+from services.catalog.scoped_evaluators import parse_scoped_evaluators
 from services.common.errors import ConfigError
+from services.common.evaluators import EvaluatorSpecError, parse_evaluators
 
 PROVIDER_KINDS = {
     "demo": pb.PROVIDER_KIND_DEMO,
@@ -34,7 +37,16 @@ MODEL_TYPES = {
 PROFILE_STRATEGIES = ("fast", "quality", "cheap")
 
 # The keys each mapping may hold; anything else is refused as a likely typo.
-TOP_LEVEL_KEYS: Final = ("taken_at", "providers", "models", "profiles", "plans", "default_plan")
+TOP_LEVEL_KEYS: Final = (
+    "taken_at",
+    "providers",
+    "models",
+    "profiles",
+    "plans",
+    "default_plan",
+    "agents",
+    "evaluators",
+)
 PROVIDER_KEYS: Final = ("kind", "base_url", "api_key_env", "headers", "timeout_seconds", "api_version")
 MODEL_KEYS: Final = (
     "id",
@@ -49,10 +61,11 @@ MODEL_KEYS: Final = (
     "created",
     "deployments",
     "hedging",
+    "evaluators",
 )
 PRICING_KEYS: Final = ("input", "output", "cached_input", "cache_write")
 DEPLOYMENT_KEYS: Final = ("provider", "model", "weight", "priority")
-PROFILE_KEYS: Final = ("id", "strategy", "candidates")
+PROFILE_KEYS: Final = ("id", "strategy", "candidates", "use_live_scores", "min_live_scores")
 PLAN_KEYS: Final = ("id", "requests_per_minute", "tokens_per_minute", "burst")
 
 # The seed's rate-limit plans, used when a catalog has no `plans` section:
@@ -90,6 +103,9 @@ class Catalog:
     default_plan: str = DEFAULT_PLANS[0][0]
     # When the prices in the file were taken, as written there; "" when not stated.
     taken_at: str = ""
+    agents: list[pb.Agent] = field(default_factory=list)
+    # Evaluators of every request of a project or a key (services.catalog.scoped_evaluators).
+    scoped_evaluators: list[pb.ScopedEvaluators] = field(default_factory=list)
 
 
 if TYPE_CHECKING:
@@ -314,6 +330,11 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
                     priority=r.integer(dep, "priority", dpath, 0, _INT32_MAX),
                 )
             )
+        if node.get("evaluators") is not None:
+            try:
+                model.evaluators.extend(parse_evaluators(node["evaluators"], f"{path}.evaluators"))
+            except EvaluatorSpecError as exc:
+                raise r.fail(exc.path, exc.problem) from exc
         model.provider = model.deployments[0].provider
         model.owned_by = model.owned_by or model.provider
         model.available = any(providers[d.provider].available for d in model.deployments)
@@ -348,8 +369,12 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
             candidates=candidates,
             created=1_700_000_000,
             available=any(models[c].available for c in candidates),
+            use_live_scores=_boolean(r, node, "use_live_scores", path),
+            # Live scores a candidate needs before they replace its static quality; 0: the router's default.
+            min_live_scores=r.integer(node, "min_live_scores", path, 0, _INT32_MAX),
         )
 
+    _check_judges(r, models)
     plans = _parse_plans(r, root.get("plans"))
     default_plan = root.get("default_plan", next(iter(plans)))
     if not isinstance(default_plan, str) or not default_plan:
@@ -362,7 +387,21 @@ def parse_catalog(document: object, source: str, env: Mapping[str, str]) -> Cata
         plans=list(plans.values()),
         default_plan=default_plan,
         taken_at=taken_at,
+        agents=parse_agents(r, root.get("agents"), models),
+        scoped_evaluators=parse_scoped_evaluators(r, root.get("evaluators"), models),
     )
+
+
+def _check_judges(r: _Reader, models: Mapping[str, pb.Model]) -> None:
+    """A judge must be a chat model of this catalog (checked once every model is known)."""
+    # Models come before profiles (which have no evaluators), so i is the index in `models`.
+    for i, model in enumerate(models.values()):
+        for j, spec in enumerate(model.evaluators):
+            judge = models.get(spec.judge_model) if spec.kind == "judge" else None
+            if spec.kind == "judge" and (judge is None or judge.type != pb.MODEL_TYPE_CHAT):
+                raise r.fail(
+                    f"models[{i}]({model.id}).evaluators[{j}].model", f"{spec.judge_model!r} is not a chat model here"
+                )
 
 
 def _parse_plans(r: _Reader, raw_plans: object) -> dict[str, pb.Plan]:

@@ -51,6 +51,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 models=catalog.models,
                 plans=catalog.plans,
                 default_plan=catalog.default_plan,
+                agents=catalog.agents,
+                scoped_evaluators=catalog.scoped_evaluators,
             )
 
     async def WatchKeys(self, request: pb.WatchKeysRequest, context: Context) -> AsyncIterator[pb.WatchKeysResponse]:

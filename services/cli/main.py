@@ -68,10 +68,17 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interlock", description="Interlock LLM API gateway")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start every service and the edge on this machine")
-    up.add_argument("--host", default="127.0.0.1", help="address the edge listens on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8080, help="port the edge listens on (default 8080)")
+    up.add_argument("--host", default="127.0.0.1", help="address the edge (or Envoy) listens on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="port the edge (or Envoy) listens on (default 8080)")
     up.add_argument("--data-dir", type=Path, default=Path(".interlock"), help="where SQLite files live")
     up.add_argument("--config", type=Path, default=None, help="catalog YAML (default: the shipped catalog)")
+    up.add_argument(
+        "--envoy",
+        action="store_true",
+        help="front the edge with Envoy on --host/--port (the edge moves to a loopback port behind it)",
+    )
+    up.add_argument("--tls-cert", type=Path, default=None, help="with --envoy: PEM certificate chain for HTTPS")
+    up.add_argument("--tls-key", type=Path, default=None, help="with --envoy: PEM private key for HTTPS")
     admin_options, api_options = _client_options(settings)
     keys.add_parsers(commands, [admin_options])
     models.add_parser(commands, [api_options])
@@ -119,7 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser(settings)
     args = parser.parse_args(argv)
     if args.command == "up":
-        sys.exit(run_up(UpOptions(host=args.host, port=args.port, data_dir=args.data_dir, config=args.config)))
+        if (args.tls_cert or args.tls_key) and not args.envoy:
+            parser.error("--tls-cert and --tls-key need --envoy (the edge itself speaks plain HTTP)")
+        options = UpOptions(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            config=args.config,
+            envoy=args.envoy,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        sys.exit(run_up(options))
     sys.exit(run_client_command(args, parser))
 
 

@@ -3,7 +3,8 @@
 Starts catalog, usage, ratelimit, router and the edge as separate processes
 wired over loopback, waits until each is healthy, and supervises them: a
 process that dies is restarted a few times, and if it keeps dying the whole
-stack stops with a clear message. Never a half-alive stack.
+stack stops with a clear message. Never a half-alive stack. With --envoy,
+Envoy fronts the edge as one more child (services/cli/up_envoy.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import keys
+from services.common.errors import ConfigError
 from services.common.parent import PARENT_PID_ENV
+from services.common.ports import free_port
+
+if TYPE_CHECKING:
+    from services.cli.up_envoy import EnvoyLayout
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
@@ -40,6 +46,10 @@ class UpOptions:
     port: int
     data_dir: Path
     config: Path | None
+    # Front the edge with Envoy (on --host/--port; TLS when a certificate is given).
+    envoy: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass
@@ -47,18 +57,15 @@ class Child:
     name: str
     module: str
     env: dict[str, str]
-    # gRPC address to health-check, or None for the HTTP edge.
+    # gRPC address to health-check, or None for an HTTP child (see health_url).
     grpc_addr: str | None
     # Where its Prometheus /metrics listens (host:port), or None (the edge serves its own at /metrics).
     metrics_addr: str | None = None
+    # What an HTTP child answers 200 on once it is ready.
+    health_url: str | None = None
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _secret_file(path: Path) -> str:
@@ -73,15 +80,31 @@ def _secret_file(path: Path) -> str:
     return value
 
 
-def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[Child], str, str]:
+@dataclass
+class Plan:
+    children: list[Child]
+    api_key: str
+    admin_key: str
+    # Where clients go: Envoy's listener with --envoy, else the edge's.
+    public_url: str
+    edge_url: str
+    envoy: EnvoyLayout | None = None
+
+
+def _loopback(host: str) -> str:
+    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
+    return "127.0.0.1" if wildcard else host
+
+
+def plan_children(options: UpOptions, environ: Mapping[str, str]) -> Plan:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pepper = environ.get("INTERLOCK_KEY_PEPPER") or _secret_file(data_dir / "secrets" / "key_pepper")
     api_key = environ.get("INTERLOCK_API_KEY") or keys.new_secret()
     admin_key = environ.get("INTERLOCK_ADMIN_KEY") or keys.new_secret()
-    ports = {name: _free_port() for name in ("catalog", "router", "ratelimit", "usage")}
+    ports = {name: free_port() for name in ("catalog", "router", "ratelimit", "usage")}
     addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    metrics = {name: f"127.0.0.1:{_free_port()}" for name in ports}
+    metrics = {name: f"127.0.0.1:{free_port()}" for name in ports}
     base = {
         **environ,
         "INTERLOCK_DATA_DIR": str(data_dir),
@@ -105,6 +128,27 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
     }
     if options.config is not None:
         catalog_env["INTERLOCK_CATALOG_CONFIG"] = str(options.config.resolve())
+    edge_host, edge_port = options.host, options.port
+    edge_env = {**base}
+    envoy: EnvoyLayout | None = None
+    if options.envoy:
+        # Only here: the renderer pulls in the edge's modules, which other commands do not need.
+        from services.cli.up_envoy import edge_env_behind_envoy, plan_envoy  # noqa: PLC0415
+
+        # Envoy takes the public address; the edge listens behind it on loopback only.
+        edge_host, edge_port = "127.0.0.1", free_port()
+        edge_env |= edge_env_behind_envoy()
+        envoy = plan_envoy(
+            host=options.host,
+            port=options.port,
+            tls_cert=options.tls_cert,
+            tls_key=options.tls_key,
+            data_dir=data_dir,
+            upstreams={**addr, "edge": f"{edge_host}:{edge_port}"},
+            free_ports={name: free_port() for name in ("grpc", "probe", "admin")},
+            environ=environ,
+        )
+    edge_url = f"http://{_loopback(edge_host)}:{edge_port}"
     children = [
         Child("catalog", "services.catalog", catalog_env, addr["catalog"]),
         # Usage serves the stats and usage APIs and tells the admin key from ordinary keys itself.
@@ -124,26 +168,41 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> tuple[list[
         Child(
             "edge",
             "gateway",
-            {**base, "INTERLOCK_EDGE_HOST": options.host, "INTERLOCK_EDGE_PORT": str(options.port)},
+            {**edge_env, "INTERLOCK_EDGE_HOST": edge_host, "INTERLOCK_EDGE_PORT": str(edge_port)},
             None,
+            health_url=f"{edge_url}/healthz",
         ),
     ]
     for child in children:
         if child.name in metrics:
             child.metrics_addr = metrics[child.name]
             child.env[f"INTERLOCK_{child.name.upper()}_METRICS_LISTEN"] = metrics[child.name]
-    return children, api_key, admin_key
+    public_url = edge_url
+    if envoy is not None:
+        level = "info" if base.get("INTERLOCK_LOG_LEVEL", "").lower() == "debug" else "warning"
+        children.append(
+            Child(
+                "envoy",
+                "gateway.envoy",
+                {k: v for k, v in base.items() if k != "INTERLOCK_KEY_PEPPER"},
+                None,
+                health_url=envoy.probe_url,
+                args=("run", "--config", str(envoy.config), "--log-level", level),
+            )
+        )
+        public_url = envoy.url.replace(f"://{options.host}:", f"://{_loopback(options.host)}:")
+    return Plan(children, api_key, admin_key, public_url, edge_url, envoy)
 
 
 def _spawn(child: Child) -> None:
     child.process = subprocess.Popen(
-        [sys.executable, "-m", child.module],
+        [sys.executable, "-m", child.module, *child.args],
         env=child.env,
         start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
     )
 
 
-def _healthy(child: Child, options: UpOptions) -> bool:
+def _healthy(child: Child) -> bool:
     if child.grpc_addr is not None:
         with grpc.insecure_channel(child.grpc_addr) as channel:
             try:
@@ -151,29 +210,28 @@ def _healthy(child: Child, options: UpOptions) -> bool:
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    wildcard = options.host in ("0.0.0.0", "::")  # noqa: S104 - a comparison, not a bind
-    host = "127.0.0.1" if wildcard else options.host
+    assert child.health_url is not None
     try:
-        with urllib.request.urlopen(f"http://{host}:{options.port}/healthz", timeout=1) as reply:
+        with urllib.request.urlopen(child.health_url, timeout=1) as reply:  # noqa: S310 - our own http URL
             return bool(reply.status == 200)
     except OSError:
         return False
 
 
-def _wait_healthy(child: Child, options: UpOptions) -> None:
+def _wait_healthy(child: Child) -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         assert child.process is not None
         if child.process.poll() is not None:
             raise RuntimeError(f"{child.name} exited with code {child.process.returncode} while starting")
-        if _healthy(child, options):
+        if _healthy(child):
             return
         time.sleep(0.1)
     raise RuntimeError(f"{child.name} did not become healthy within {START_TIMEOUT_SECONDS:.0f}s")
 
 
 def _stop_all(children: list[Child]) -> None:
-    # Edge first so no new work arrives, catalog last since others watch it.
+    # The front (Envoy, then the edge) first so no new work arrives, catalog last since others watch it.
     for child in reversed(children):
         if child.process is not None and child.process.poll() is None:
             child.process.send_signal(signal.SIGTERM)
@@ -188,15 +246,19 @@ def _stop_all(children: list[Child]) -> None:
             child.process.wait()
 
 
-def _write_stack_file(options: UpOptions, children: list[Child]) -> None:
+def _write_stack_file(options: UpOptions, plan: Plan) -> None:
     """Where everything listens, for operators and scripts (no secrets in it)."""
-    stack = {
-        "edge": f"http://{options.host}:{options.port}",
+    children = plan.children
+    stack: dict[str, object] = {
+        "public": plan.public_url,
+        "edge": plan.edge_url,
         "services": {c.name: c.grpc_addr for c in children if c.grpc_addr},
         # Prometheus scrape URLs of the services; the edge serves its own at <edge>/metrics.
         "metrics": {c.name: f"http://{c.metrics_addr}/metrics" for c in children if c.metrics_addr},
         "pids": {c.name: c.process.pid for c in children if c.process is not None},
     }
+    if plan.envoy is not None:
+        stack["envoy"] = plan.envoy.stack_entry()
     path = options.data_dir.resolve() / "stack.json"
     # Replace, never rewrite in place: a reader must not catch a half-written file.
     scratch = path.with_suffix(".json.tmp")
@@ -209,7 +271,12 @@ def _say(text: str) -> None:
 
 
 def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
-    children, api_key, admin_key = plan_children(options, os.environ if environ is None else environ)
+    try:
+        plan = plan_children(options, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        _say(f"cannot start: {exc}")
+        return 2
+    children, api_key, admin_key = plan.children, plan.api_key, plan.admin_key
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -221,7 +288,7 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
     try:
         for child in children:
             _spawn(child)
-            _wait_healthy(child, options)
+            _wait_healthy(child)
             if stopping:
                 return 0
     except RuntimeError as exc:
@@ -229,13 +296,18 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
         _stop_all(children)
         return 1
 
-    url = f"http://{options.host}:{options.port}/v1"
-    _write_stack_file(options, children)
+    url = f"{plan.public_url}/v1"
+    _write_stack_file(options, plan)
     _say(f"ready at {url}")
+    if plan.envoy is not None:
+        _say(
+            f"behind Envoy: the edge at {plan.edge_url}, internal gRPC at {plan.envoy.options.grpc_listen}, "
+            f"readiness at {plan.envoy.probe_url}, access log {plan.envoy.options.access_log}"
+        )
     _say(f"API key: {api_key}")
     _say(f"admin key (for /v1/keys, /v1/projects and `interlock keys`): {admin_key}")
     # The key rides in the URL fragment, which browsers never send to a server.
-    _say(f"usage dashboard: http://{options.host}:{options.port}/dashboard#key={admin_key}")
+    _say(f"usage dashboard: {plan.public_url}/dashboard#key={admin_key}")
     _say(
         f"try: curl -s {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
         """-H 'Content-Type: application/json' -d '{"model":"demo-chat","messages":[{"role":"user","content":"hi"}]}'"""
@@ -262,8 +334,8 @@ def run_up(options: UpOptions, environ: Mapping[str, str] | None = None) -> int:
                 _say(f"{child.name} died (exit code {code}); restarting it")
                 _spawn(child)
                 try:
-                    _wait_healthy(child, options)
-                    _write_stack_file(options, children)
+                    _wait_healthy(child)
+                    _write_stack_file(options, plan)
                 except RuntimeError as exc:
                     _say(f"{exc}; stopping the whole stack")
                     _stop_all(children)

@@ -26,6 +26,10 @@ class CatalogCache:
         self.providers: dict[str, pb.Provider] = {}
         self.plans: dict[str, pb.Plan] = {}
         self.default_plan = ""
+        self.agents: dict[str, pb.Agent] = {}
+        # Evaluators of every request of a project / of a key, by project id / key id.
+        self.project_evaluators: dict[str, list[pb.Evaluator]] = {}
+        self.key_evaluators: dict[str, list[pb.Evaluator]] = {}
         self.keys_by_hash: dict[str, pb.ApiKey] = {}
         # Every project with its limits, by id (only when watching keys).
         self.projects: dict[str, pb.Project] = {}
@@ -41,6 +45,10 @@ class CatalogCache:
             self._tasks.append(asyncio.create_task(self._follow("keys", self._keys_stream, self._apply_keys)))
             waits.append(self._keys_ready.wait())
         await asyncio.wait_for(asyncio.gather(*waits), wait_seconds)
+
+    async def catalog_ready(self) -> None:
+        """Returns once the first catalog snapshot has arrived."""
+        await self._catalog_ready.wait()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -59,6 +67,9 @@ class CatalogCache:
         self.providers = {p.id: p for p in snapshot.providers}
         self.plans = {p.id: p for p in snapshot.plans}
         self.default_plan = snapshot.default_plan
+        self.agents = {a.id: a for a in snapshot.agents}
+        self.project_evaluators = {s.project: list(s.evaluators) for s in snapshot.scoped_evaluators if s.project}
+        self.key_evaluators = {s.key_id: list(s.evaluators) for s in snapshot.scoped_evaluators if s.key_id}
         self.version = snapshot.version
         self._catalog_ready.set()
 

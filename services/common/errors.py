@@ -7,12 +7,15 @@ error shape. Nothing else sets status codes by hand.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from services.common.rpc import ERROR_BODY_KEY, ERROR_STATUS_KEY
 
 ERROR_DOMAIN = "interlock.dev"
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -126,6 +129,20 @@ def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
         "request_id": request_id,
         "status": error.http_status,
     }
+
+
+# Metadata must stay well under the peers' header limits (8 KiB by default in gRPC).
+_TRAILER_MESSAGE_CHARS = 2000
+
+
+def rest_trailers(error: InterlockError, request_id: str) -> tuple[tuple[str, str], ...]:
+    """The error body and status as plain trailers (services.common.rpc.ERROR_BODY_KEY),
+    ASCII-only JSON since metadata values are printable ASCII."""
+    body = error_body(error, request_id)
+    if len(error.message) > _TRAILER_MESSAGE_CHARS:
+        body["error"]["message"] = error.message[:_TRAILER_MESSAGE_CHARS] + "..."
+    text = json.dumps(body, ensure_ascii=True, separators=(",", ":"))
+    return ((ERROR_BODY_KEY, text), (ERROR_STATUS_KEY, str(error.http_status)))
 
 
 def _all_subclasses(cls: type[InterlockError]) -> list[type[InterlockError]]:

@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the async servicer health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import InterlockError, ServerError, to_status
+from services.common.errors import InterlockError, ServerError, rest_trailers, to_status
 from services.common.metrics import MetricsInterceptor
-from services.common.rpc import rewrap
+from services.common.rpc import REQUEST_ID_KEY, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,14 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
         log.exception("unhandled error", exc_info=exc)
         exc = ServerError("internal error")
     status = to_status(exc)
+    request_id = next((str(v) for k, v in context.invocation_metadata() or () if k == REQUEST_ID_KEY), "")
     # abort() replaces the trailing metadata a servicer set (such as the router's
     # interlock-upstream-ms): send both.
-    trailing = (*(context.trailing_metadata() or ()), *status.trailing_metadata)
+    trailing = (
+        *(context.trailing_metadata() or ()),
+        *status.trailing_metadata,
+        *rest_trailers(exc, request_id),
+    )
     await context.abort(status.code, status.details, trailing_metadata=trailing)
 
 
@@ -112,6 +117,12 @@ def create_server(address: str, registrations: Sequence[Registration]) -> GrpcSe
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Clients ping every 30 s to keep idle watch streams alive (gateway.app CHANNEL_OPTIONS);
+            # gRPC's default (5 min) counts those pings as abuse and sends GOAWAY, failing calls.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # Clients reconnect (and re-resolve the service's pods) every few minutes; calls and
+            # watch streams open on the old connection finish there (the grace is unbounded).
+            ("grpc.max_connection_age_ms", 300_000),
         ],
     )
     for registration in registrations:

@@ -9,11 +9,29 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 _CREATE_VERSIONS = (
     "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
 )
+
+
+# A server that vanishes without a word (a network partition) is noticed within about 30 s
+# instead of never: a statement timeout only works while the server is there.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def connect(url: str, defaults: dict[str, str]) -> Connection:
+    """An autocommit connection to `url`; each default applies unless the URL sets it."""
+    given = conninfo_to_dict(url)
+    return psycopg.connect(make_conninfo(url, **{k: v for k, v in defaults.items() if k not in given}), autocommit=True)
 
 
 def lock_key(name: str) -> int:

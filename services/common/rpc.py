@@ -10,6 +10,13 @@ import grpc
 # Initial metadata naming the HTTP status a REST transcoder should answer with instead of
 # 200 (grpc-gateway's convention); seed 002's stats answer 201.
 HTTP_CODE_KEY = "x-http-code"
+# Trailers every error carries beside grpc-status-details-bin: the public error body
+# (ASCII JSON) and its HTTP status, for a REST transcoder that cannot read ErrorInfo
+# (Envoy's gRPC-JSON transcoder; gateway/envoy/errors.lua answers with them).
+ERROR_BODY_KEY = "x-interlock-error"
+ERROR_STATUS_KEY = "x-interlock-http-status"
+# The request id a caller passes as metadata (the edge, and Envoy for every request).
+REQUEST_ID_KEY = "x-request-id"
 
 UnaryBehavior = Callable[..., Awaitable[Any]]
 StreamBehavior = Callable[..., AsyncIterator[Any]]

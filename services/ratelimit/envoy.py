@@ -12,6 +12,9 @@ request's, else 1, is what it takes.
   in the scope and counters the edge's Check uses (`ip:<ip>`, `r` and
   `r:<class>`), so an IP has one counter whichever of the two asks. The endpoint
   class comes from an `endpoint_class` entry, else from a `path` or `:path` entry.
+- `anonymous=<any>` beside `remote_address=<ip>` (Envoy's header_value_match for
+  requests without Authorization or x-api-key): the rule for callers without a
+  key (INTERLOCK_RATELIMIT_ANONYMOUS_RPM), in a scope of its own, `anon:<ip>`.
 - a `limit` override: that many requests per unit, in a scope of its own named
   after the domain and the entries (`envoy:<domain>:k1=v1|k2=v2`). An override
   wins over the rules, as it does in envoyproxy/ratelimit.
@@ -21,13 +24,16 @@ request's, else 1, is what it takes.
 
 When the backend cannot decide, the limiter's fallback answers (fail open: OK).
 
-RateLimitRequest carries no headers, so a refusal's body gets a request id of
-its own; it is sent back in x-request-id too, as the edge does.
+RateLimitRequest carries no headers: Envoy sends the request's id as a
+`request_id` entry (a descriptor of its own, which no rule limits), and a
+refusal's body names it. Without one the refusal gets an id of its own, sent
+back in x-request-id too, as the edge does.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +50,7 @@ from google.protobuf import duration_pb2
 from services.common.errors import InterlockError, RateLimitError, error_body
 from services.ratelimit import metrics
 from services.ratelimit.limiter import Limiter, binding, reset_at
-from services.ratelimit.policy import DEFAULT_CLASS, Rules, endpoint_class, ip_quotas
+from services.ratelimit.policy import DEFAULT_CLASS, Rules, anonymous_quotas, endpoint_class, ip_quotas
 from services.ratelimit.quotas import MICRO, MINUTE_US, Decision, Kind, Quota, QuotaOutcome, Scope
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -73,6 +79,10 @@ _UNIT_WORDS = {
     Unit.YEAR: "year",
 }
 REMOTE_ADDRESS = "remote_address"
+ANONYMOUS = "anonymous"
+REQUEST_ID = "request_id"
+# The edge's rule for a caller's request id (gateway/middleware.py): short and plain.
+_REQUEST_ID_FORMAT = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 ENDPOINT_CLASS = "endpoint_class"
 PATH_KEYS = ("path", ":path")
 # Envoy never settles, and request counters are not given back when a hold
@@ -110,7 +120,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         decision = await self._limiter.decide(scopes, uuid.uuid4().hex, HOLD_SECONDS)
         if decision is None:
             metrics.count_degraded(self._limiter.degraded_allows)
-            return self._degraded(limited)
+            return self._degraded(limited, _request_id(request))
         keys = [(scope.name, quota.counter) for scope in scopes for quota in scope.quotas]
         outcomes = dict(zip(keys, decision.outcomes, strict=True))
         out = Response(
@@ -126,7 +136,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                 f"{limit.requests_per_unit} per {_UNIT_WORDS.get(limit.unit, 'minute')}.",
                 retry_after=max(math.ceil(refused.retry_us / MICRO), 1),
             )
-            _refuse(out, error, refused, self._limiter.now_us())
+            _refuse(out, error, refused, self._limiter.now_us(), _request_id(request))
         return out
 
     def _limited(self, domain: str, descriptor: ratelimit_pb2.RateLimitDescriptor, hits: int) -> _Limited | None:
@@ -152,6 +162,12 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         ip = entries.get(REMOTE_ADDRESS)
         if not ip:
             return None
+        if entries.get(ANONYMOUS):
+            anonymous = tuple(replace(quota, amount=amount) for quota in anonymous_quotas(self._rules))
+            if not anonymous:
+                return None
+            rate = RateLimit(name=anonymous[0].name, requests_per_unit=self._rules.anonymous_rpm, unit=Unit.MINUTE)
+            return _Limited(f"anon:{ip}", anonymous, {anonymous[0].counter: rate})
         cls = entries.get(ENDPOINT_CLASS) or None
         path = next((entries[key] for key in PATH_KEYS if entries.get(key)), "")
         if cls is None and path:
@@ -171,7 +187,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
             return self._rules.ip_rpm
         return self._rules.endpoint_limit(cls or DEFAULT_CLASS)
 
-    def _degraded(self, limited: Sequence[_Limited | None]) -> Response:
+    def _degraded(self, limited: Sequence[_Limited | None], request_id: str | None) -> Response:
         """The backend could not decide: the limited descriptors get the limiter's fallback."""
         code = Code.OK if self._limiter.degraded_allows else Code.OVER_LIMIT
         out = Response(
@@ -180,7 +196,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         )
         if code == Code.OVER_LIMIT:
             error = RateLimitError("Rate limiting is unavailable; try again shortly.", retry_after=1)
-            _refuse(out, error, None, self._limiter.now_us())
+            _refuse(out, error, None, self._limiter.now_us(), request_id)
         return out
 
 
@@ -223,10 +239,24 @@ def _duration(us: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=us // MICRO, nanos=(us % MICRO) * 1000)
 
 
-def _refuse(out: Response, error: InterlockError, outcome: QuotaOutcome | None, now_us: int) -> None:
+def _request_id(request: rls_pb2.RateLimitRequest) -> str | None:
+    """The request's own id, when Envoy sent it as a request_id entry in the edge's format."""
+    for descriptor in request.descriptors:
+        for entry in descriptor.entries:
+            if entry.key == REQUEST_ID and _REQUEST_ID_FORMAT.match(entry.value):
+                return str(entry.value)
+    return None
+
+
+def _refuse(
+    out: Response, error: InterlockError, outcome: QuotaOutcome | None, now_us: int, request_id: str | None
+) -> None:
     """Envoy's 429 reads like the edge's: its rate-limit headers and public error body."""
-    request_id = "req_" + uuid.uuid4().hex
-    headers = [("content-type", "application/json"), ("x-request-id", request_id)]
+    headers = [("content-type", "application/json")]
+    if request_id is None:
+        # Envoy sets x-request-id on every answer from the request's own; only a new one is sent.
+        request_id = "req_" + uuid.uuid4().hex
+        headers.append(("x-request-id", request_id))
     if outcome is not None:
         headers += [
             ("x-ratelimit-limit", str(outcome.quota.limit)),

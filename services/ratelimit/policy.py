@@ -24,6 +24,10 @@ class Rules:
     # Requests per minute (and burst) per client IP over all endpoints; 0: none.
     ip_rpm: int = 0
     ip_burst: int = 0
+    # Requests per minute (and burst) per client IP for callers without a key, asked
+    # for by Envoy (an `anonymous` descriptor entry); 0: none.
+    anonymous_rpm: int = 0
+    anonymous_burst: int = 0
 
     @staticmethod
     def parse_endpoint_rpm(text: str) -> dict[str, int]:
@@ -42,8 +46,14 @@ class Rules:
 
 def endpoint_class(endpoint: str) -> str:
     """The first path segment after the version: /v1/chat/completions -> chat,
-    /v1/embeddings -> embeddings, /v1/models/x -> models."""
+    /v1/embeddings -> embeddings, /v1/models/x -> models; /v1/messages -> chat."""
     parts = [p for p in endpoint.split("/") if p and not (p[0] == "v" and p[1:].isdigit())]
+    if parts[:2] == ["api", "execute"] or parts[:1] == ["agents"]:
+        return "chat"  # seed 002's execute and agent runs call chat models
+    if parts[:1] == ["messages"]:
+        # Anthropic's Messages API is chat by another name; counting its tokens calls no model,
+        # so it has a class of its own (as Anthropic limits it apart).
+        return "count_tokens" if parts[1:2] == ["count_tokens"] else "chat"
     return parts[0] if parts else DEFAULT_CLASS
 
 
@@ -163,3 +173,13 @@ def ip_quotas(rules: Rules, cls: str | None) -> list[Quota]:
     if class_rpm:
         quotas.append(_endpoint_quota("ip", cls or DEFAULT_CLASS, class_rpm))
     return quotas
+
+
+def anonymous_quotas(rules: Rules) -> list[Quota]:
+    """The rule for one client IP's requests that carry no key."""
+    if rules.anonymous_rpm <= 0:
+        return []
+    capacity = rules.anonymous_burst if rules.anonymous_burst > 0 else rules.anonymous_rpm
+    return [
+        Quota.rate("anon:requests", Kind.REQUESTS, "r", per_minute=rules.anonymous_rpm, capacity=capacity, amount=1)
+    ]

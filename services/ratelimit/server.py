@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from interlock.ratelimit.v1 import ratelimit_pb2, ratelimit_pb2_grpc
+from services.common.channels import open_channel
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
 from services.ratelimit.backends.memory import MemoryBackend
@@ -50,7 +50,7 @@ async def build_server(settings: RateLimitSettings, clock: Clock | None = None) 
         ],
     )
     if settings.usage_addr:
-        channel = grpc.aio.insecure_channel(settings.usage_addr)
+        channel = open_channel(settings.usage_addr)
         ledger = LedgerFloors(channel, floors, clock, settings.ledger_refresh_seconds)
         await ledger.start(LEDGER_WAIT_SECONDS)
 

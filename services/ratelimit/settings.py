@@ -39,8 +39,12 @@ class RateLimitSettings:
         hold_seconds = get_int(env, "INTERLOCK_RATELIMIT_HOLD_SECONDS", 900)
         ip_rpm = get_int(env, "INTERLOCK_RATELIMIT_IP_RPM", 0)
         ip_burst = get_int(env, "INTERLOCK_RATELIMIT_IP_BURST", 0)
-        if hold_seconds <= 0 or ip_rpm < 0 or ip_burst < 0:
-            raise ConfigError("INTERLOCK_RATELIMIT_HOLD_SECONDS must be positive; IP limits must not be negative")
+        anonymous_rpm = get_int(env, "INTERLOCK_RATELIMIT_ANONYMOUS_RPM", 0)
+        anonymous_burst = get_int(env, "INTERLOCK_RATELIMIT_ANONYMOUS_BURST", 0)
+        if hold_seconds <= 0 or min(ip_rpm, ip_burst, anonymous_rpm, anonymous_burst) < 0:
+            raise ConfigError(
+                "INTERLOCK_RATELIMIT_HOLD_SECONDS must be positive; IP and anonymous limits must not be negative"
+            )
         return cls(
             listen=get_str(env, "INTERLOCK_RATELIMIT_LISTEN", "127.0.0.1:50053"),
             metrics_listen=get_str(env, "INTERLOCK_RATELIMIT_METRICS_LISTEN", ""),
@@ -54,6 +58,8 @@ class RateLimitSettings:
                 endpoint_rpm=Rules.parse_endpoint_rpm(get_str(env, "INTERLOCK_RATELIMIT_ENDPOINT_RPM", "")),
                 ip_rpm=ip_rpm,
                 ip_burst=ip_burst,
+                anonymous_rpm=anonymous_rpm,
+                anonymous_burst=anonymous_burst,
             ),
             usage_addr=get_str(env, "INTERLOCK_USAGE_ADDR", ""),
             ledger_refresh_seconds=get_float(env, "INTERLOCK_RATELIMIT_LEDGER_REFRESH_SECONDS", 60.0),

@@ -20,7 +20,7 @@ from services.common.catalog_cache import CatalogCache
 from services.common.errors import InvalidRequestError, ModelNotFoundError, UpstreamError
 from services.router.breaker import CircuitBreakers
 from services.router.providers.base import Target
-from services.router.stats import LatencyStats
+from services.router.stats import LatencyStats, QualityScores
 
 _TYPE_ENDPOINT = {
     cpb.MODEL_TYPE_CHAT: "/v1/chat/completions",
@@ -36,6 +36,10 @@ _KIND_NAMES = {
 }
 # Completion tokens assumed for a cost estimate when the request sets no limit.
 DEFAULT_OUTPUT_ESTIMATE = 256
+# router:quality with use_live_scores: scores a candidate needs when the profile sets none.
+DEFAULT_MIN_LIVE_SCORES = 5
+# Static quality tiers run 1..10 (the catalog's scale); divided by this they compare with live scores (0..1).
+QUALITY_TIER_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,10 @@ class Planner:
         breakers: CircuitBreakers | None = None,
         rng: random.Random | None = None,
         explore_rate: float = 0.0,
+        quality: QualityScores | None = None,
     ) -> None:
         self._cache = cache
+        self._quality = quality or QualityScores()
         # Provider kinds this router has an adapter for; others are never tried.
         self._supported = supported_kinds
         self._stats = stats or LatencyStats()
@@ -113,6 +119,8 @@ class Planner:
         candidates = [model]
         if model.type == cpb.MODEL_TYPE_PROFILE:
             reason = f"profile:{model.strategy}"
+            if model.strategy == "quality" and model.use_live_scores:
+                reason += ":live"
             candidates = self._order_profile(model, [self._model(c) for c in model.candidates], demand)
         for candidate in candidates:
             if candidate.type not in types:
@@ -152,6 +160,8 @@ class Planner:
 
     def _order_profile(self, profile: cpb.Model, candidates: list[cpb.Model], demand: Demand) -> list[cpb.Model]:
         if profile.strategy == "quality":
+            if profile.use_live_scores:
+                return sorted(candidates, key=lambda m: -self._live_quality(profile, m))
             return sorted(candidates, key=lambda m: -m.quality)
         if profile.strategy == "cheap":
             return sorted(candidates, key=lambda m: estimated_cost(m, demand))
@@ -166,6 +176,12 @@ class Planner:
 
             return sorted(candidates, key=speed)
         return candidates
+
+    def _live_quality(self, profile: cpb.Model, model: cpb.Model) -> float:
+        """The model's recent mean evaluation score, or its static tier on the same 0..1 scale
+        until it has enough scores."""
+        live = self._quality.average(model.id, profile.min_live_scores or DEFAULT_MIN_LIVE_SCORES)
+        return live if live is not None else model.quality / QUALITY_TIER_SCALE
 
     def _targets(self, model: cpb.Model) -> list[Target]:
         """Deployments by priority tier; a weighted shuffle within each tier spreads load."""

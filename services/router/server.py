@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import httpx
 
 from interlock.router.v1 import router_pb2, router_pb2_grpc
 from services.common import tokens
 from services.common.catalog_cache import CatalogCache
+from services.common.channels import open_channel
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_server import GrpcService, Registration, create_server
 from services.common.spool import Spool
 from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers
+from services.router.evaluation.runner import Evaluations
+from services.router.evaluation.score_emitter import ScoreEmitter
 from services.router.providers.pool import PooledTransport
 from services.router.providers.registry import build_adapters
 from services.router.routing import Planner
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.stats import LatencyStats
+from services.router.stats import LatencyStats, QualityScores
 from services.router.usage_emitter import UsageEmitter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -40,10 +42,11 @@ async def build_server(
     clock = clock or SystemClock()
     # First, so a second process on the same spool file fails fast with a clear message.
     spool = await asyncio.to_thread(Spool.open, settings.usage_spool_path, clock)
+    score_spool = await asyncio.to_thread(Spool.open, settings.score_spool_path, clock)
     if settings.warm_tokenizer:
         await asyncio.to_thread(tokens.warm_up)
-    catalog_channel = grpc.aio.insecure_channel(settings.catalog_addr)
-    usage_channel = grpc.aio.insecure_channel(settings.usage_addr, options=USAGE_CHANNEL_OPTIONS)
+    catalog_channel = open_channel(settings.catalog_addr)
+    usage_channel = open_channel(settings.usage_addr, USAGE_CHANNEL_OPTIONS)
     cache = CatalogCache(catalog_channel, watch_keys=False)
     await cache.start(CATALOG_WAIT_SECONDS)
     # One pooled client for every upstream: connections are reused across requests.
@@ -57,10 +60,29 @@ async def build_server(
         usage_channel, spool, batch_size=settings.usage_batch_size, flush_seconds=settings.usage_flush_seconds
     )
     emitter.start()
+    score_emitter = ScoreEmitter(
+        usage_channel, score_spool, batch_size=settings.usage_batch_size, flush_seconds=settings.usage_flush_seconds
+    )
+    score_emitter.start()
+    quality = QualityScores()
+    evaluations = Evaluations(
+        score_emitter.emit,
+        quality,
+        clock,
+        scoped=lambda project, key_id: [
+            *cache.project_evaluators.get(project, ()),
+            *cache.key_evaluators.get(key_id, ()),
+        ],
+    )
     stats = LatencyStats()
     breakers = CircuitBreakers(clock, settings.breaker_failures, settings.breaker_cooldown_seconds)
     planner = Planner(
-        cache, supported_kinds=set(adapters), stats=stats, breakers=breakers, explore_rate=settings.explore_rate
+        cache,
+        supported_kinds=set(adapters),
+        stats=stats,
+        breakers=breakers,
+        explore_rate=settings.explore_rate,
+        quality=quality,
     )
     policy = RetryPolicy(
         max_attempts=settings.max_attempts,
@@ -69,18 +91,22 @@ async def build_server(
         backoff_max_seconds=settings.backoff_max_seconds,
     )
     runner = AttemptRunner(adapters, breakers, stats, policy, clock)
-    servicer = RouterServicer(planner, runner, breakers, emitter, clock)
+    servicer = RouterServicer(planner, runner, breakers, emitter, clock, evaluations=evaluations)
     service = create_server(
         settings.listen, [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)]
     )
 
     async def close() -> None:
+        # Evaluations first: their judge calls emit usage events and scores.
+        await evaluations.close(wait_seconds=settings.grace_seconds / 2)
         await emitter.close(wait_seconds=settings.grace_seconds)
+        await score_emitter.close(wait_seconds=settings.grace_seconds / 2)
         await cache.close()
         await http.aclose()
         await catalog_channel.close(grace=None)
         await usage_channel.close(grace=None)
         await asyncio.to_thread(spool.close)
+        await asyncio.to_thread(score_spool.close)
 
     service.cleanups.append(close)
     return service

@@ -3,32 +3,47 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
+import orjson
 
 from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
 from interlock.router.v1 import router_pb2_grpc
+from interlock.usage.v1 import usage_pb2 as upb
 from services.common import tokens
 from services.common.clock import Clock
 from services.common.errors import InvalidRequestError, UpstreamError
+from services.common.wire.chat import message_text
 from services.router import metrics
 from services.router.attempts import AttemptRunner, single
 from services.router.breaker import CircuitBreakers
+from services.router.evaluation.runner import Evaluations
 from services.router.ledger import Recorder
 from services.router.providers.base import ProviderAdapter, Target
 from services.router.routing import Demand, Plan, Planner, cost_usd, deployment_key
 from services.router.usage_emitter import UsageEmitter
 
+log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 C = TypeVar("C", pb.ChatChunk, pb.CompleteResponse)
 CHAT_TYPES = (cpb.MODEL_TYPE_CHAT,)
 COMPLETION_TYPES = (cpb.MODEL_TYPE_COMPLETION,)
 EMBEDDING_TYPES = (cpb.MODEL_TYPE_EMBEDDING,)
+# The ledger's endpoint for judge calls: recorded like requests, under no key or project,
+# so they are visible and costed but never billed to (or limited as) the evaluated caller.
+JUDGE_ENDPOINT = "/internal/evaluate"
+# A judge answers with a short JSON object; this bounds its cost.
+JUDGE_MAX_TOKENS = 256
+# Called once a request has succeeded: (its answer text, built only if an evaluator was chosen;
+# the model that answered; its usage event).
+Evaluate = Callable[[Callable[[], str], cpb.Model, upb.UsageEvent], None]
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -39,12 +54,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         breakers: CircuitBreakers,
         emitter: UsageEmitter,
         clock: Clock,
+        *,
+        evaluations: Evaluations | None = None,
     ) -> None:
         self._planner = planner
         self._runner = runner
         self._breakers = breakers
         self._emitter = emitter
         self._clock = clock
+        self._evaluations = evaluations
 
     def _plan(self, spec: Spec) -> Plan:
         sampling = spec.sampling
@@ -69,8 +87,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
 
     def _finish(
-        self, rec: Recorder, error: BaseException | None, context: Context, watch: metrics.RequestMetrics
-    ) -> None:
+        self, rec: Recorder, error: BaseException | None, context: Context | None, watch: metrics.RequestMetrics
+    ) -> upb.UsageEvent:
         """Close the request: its one usage event, its metrics, and the trailers that
         tell the edge how long the providers took."""
         event = rec.finish(error)
@@ -78,6 +96,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if context is not None:
             context.set_trailing_metadata(trailers)
         self._emitter.emit(event)
+        return event
 
     def _settle(self, usage: pb.Usage, model: cpb.Model, rec: Recorder) -> None:
         usage.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
@@ -88,13 +107,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     # ------------------------------------------------------------ the two request shapes
 
     async def _serve_unary(
-        self, spec: Spec, context: Context, call: Callable[[ProviderAdapter, Target], Awaitable[R]]
+        self,
+        spec: Spec,
+        context: Context | None,
+        call: Callable[[ProviderAdapter, Target], Awaitable[R]],
+        *,
+        evaluate: Callable[[R, cpb.Model, upb.UsageEvent], None] | None = None,
     ) -> R:
         """Plan, try targets, settle usage and record exactly one usage event."""
         rec = Recorder(self._clock, spec.caller, spec.model, spec.endpoint, stream=False)
         decision = pb.RoutingDecision()
         watch = metrics.RequestMetrics(self._clock, spec.endpoint)
         error: BaseException | None = None
+        answered: tuple[R, cpb.Model] | None = None
         try:
             plan = self._plan(spec)
             watch.planned = plan.model.id
@@ -111,13 +136,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             answer.model = answer.model or opened.target.model.id
             self._settle(answer.usage, opened.target.model, rec)
             answer.routing_decision.CopyFrom(decision)
+            answered = (opened.first, opened.target.model)
             return opened.first
         except BaseException as exc:
             error = exc
             raise
         finally:
             rec.routed(decision)
-            self._finish(rec, error, context, watch)
+            event = self._finish(rec, error, context, watch)
+            if evaluate is not None and answered is not None and error is None:
+                with _never_raises("scheduling the evaluation of %s", event.request_id):
+                    evaluate(answered[0], answered[1], event)
 
     async def _serve_stream(
         self,
@@ -126,6 +155,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         open_stream: Callable[[ProviderAdapter, Target], AsyncGenerator[C, None]],
         texts: Callable[[C], list[str]],
         usage_chunk: Callable[[C, pb.RoutingDecision, pb.Usage], C],
+        *,
+        evaluate: Evaluate | None = None,
     ) -> AsyncGenerator[C, None]:
         """Relay chunks as they come; failover only before the first one. The last
         chunk always carries usage (counted here if the provider sent none)."""
@@ -134,6 +165,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         watch = metrics.RequestMetrics(self._clock, spec.endpoint)
         error: BaseException | None = None
         target: Target | None = None
+        streamed: list[str] = []
         try:
             plan = self._plan(spec)
             watch.planned = plan.model.id
@@ -150,7 +182,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if context is not None:
                 # Headers go out before the body: tell the edge now what the first chunk waited on providers.
                 await context.send_initial_metadata(metrics.first_chunk_metadata(watch.timer.seconds))
-            streamed: list[str] = []
             usage_seen = False
             async with contextlib.aclosing(opened.rest):
                 chunk: C | None = first
@@ -160,7 +191,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     pieces = texts(chunk)
                     if pieces:
                         rec.first_token()
-                        streamed.extend(pieces)
+                        if evaluate is not None:  # the text is kept only when evaluation hooks are on
+                            streamed.extend(pieces)
                     if answer.HasField("usage"):
                         usage_seen = True
                         self._settle(answer.usage, target.model, rec)
@@ -182,13 +214,54 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
         finally:
             rec.routed(decision)
-            self._finish(rec, error, context, watch)
+            event = self._finish(rec, error, context, watch)
+            if evaluate is not None and target is not None and error is None:
+                with _never_raises("scheduling the evaluation of %s", event.request_id):
+                    evaluate(lambda: "".join(streamed), target.model, event)
+
+    # ------------------------------------------------------------ evaluation hooks
+
+    def _chat_evaluation(self, request: pb.ChatRequest) -> Evaluate | None:
+        """What runs the model's and the request's evaluators once the answer is out."""
+        evaluations = self._evaluations
+        if evaluations is None:
+            return None
+
+        def evaluate(answer: Callable[[], str], model: cpb.Model, event: upb.UsageEvent) -> None:
+            # Most requests have no evaluator sampled: the texts are built only for those that do.
+            chosen = evaluations.choose(model.evaluators, request.evaluators, event)
+            if chosen:
+                evaluations.start(chosen, _last_user_text(request), answer(), event=event, judge=self._judge)
+
+        return evaluate
+
+    async def _judge(self, model_id: str, messages: list[pb.Message], evaluated: upb.UsageEvent) -> str:
+        """One judge call through the ordinary provider path (planned, retried, ledgered),
+        under its own request id; never evaluated itself, so judges cannot recurse."""
+        request = pb.ChatRequest(model=model_id, messages=messages, sampling=pb.Sampling(max_tokens=JUDGE_MAX_TOKENS))
+        request.caller.request_id = "eval_" + uuid.uuid4().hex
+        request.caller.endpoint = JUDGE_ENDPOINT
+        # Who the evaluation was for, for tracing: the row itself is under no key.
+        request.caller.metadata_json = orjson.dumps(
+            {"evaluates": evaluated.request_id, "key_id": evaluated.key_id, "project": evaluated.project}
+        ).decode()
+        spec = Spec.of(request, JUDGE_ENDPOINT, CHAT_TYPES, _chat_prompt_tokens(request))
+        response = await self._serve_unary(spec, None, lambda a, t: a.chat(request, t))
+        return _chat_answer(response)
 
     # ------------------------------------------------------------ the RPCs
 
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
         spec = Spec.of(request, "/v1/chat/completions", CHAT_TYPES, _chat_prompt_tokens(request))
-        return await self._serve_unary(spec, context, lambda a, t: a.chat(request, t))
+        evaluate = self._chat_evaluation(request)
+        return await self._serve_unary(
+            spec,
+            context,
+            lambda a, t: a.chat(request, t),
+            evaluate=(lambda response, model, event: evaluate(lambda: _chat_answer(response), model, event))
+            if evaluate
+            else None,
+        )
 
     async def ChatStream(self, wrapped: pb.ChatStreamRequest, context: Context) -> AsyncIterator[pb.ChatStreamResponse]:
         request = wrapped.request
@@ -200,7 +273,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             stream=True,
         )
         chunks = self._serve_stream(
-            spec, context, lambda a, t: _as_generator(a.chat_stream(request, t)), _chat_texts, _chat_usage_chunk
+            spec,
+            context,
+            lambda a, t: _as_generator(a.chat_stream(request, t)),
+            _chat_texts,
+            _chat_usage_chunk,
+            evaluate=self._chat_evaluation(request),
         )
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
@@ -278,6 +356,27 @@ class _Answer(Protocol):
 
 def _chat_texts(chunk: pb.ChatChunk) -> list[str]:
     return [c.delta.content for c in chunk.choices if c.delta.content or c.delta.tool_calls]
+
+
+@contextlib.contextmanager
+def _never_raises(what: str, *args: object) -> Iterator[None]:
+    """Evaluation is a side job: its failure is logged, never the request's."""
+    try:
+        yield
+    except Exception:
+        log.exception("failed " + what, *args)
+
+
+def _chat_answer(response: pb.ChatResponse) -> str:
+    """The text evaluators see: the first choice's."""
+    return message_text(response.choices[0].message) if response.choices else ""
+
+
+def _last_user_text(request: pb.ChatRequest) -> str:
+    for message in reversed(request.messages):
+        if message.role == pb.ROLE_USER:
+            return message_text(message)
+    return ""
 
 
 def _chat_usage_chunk(first: pb.ChatChunk, decision: pb.RoutingDecision, usage: pb.Usage) -> pb.ChatChunk:

@@ -22,6 +22,8 @@ class RouterSettings:
     # Durable local spool for usage events the usage service cannot take yet. One file per
     # process (a second process on the same file refuses to start).
     usage_spool_path: Path
+    # The same for evaluation scores: next to the usage spool, "-scores" added to its name.
+    score_spool_path: Path
     # Load the BPE tables at start. Off by default: the edge sends its chat prompt counts, so
     # only direct gRPC callers and the legacy completions API need them (loaded on first use).
     warm_tokenizer: bool
@@ -54,6 +56,7 @@ class RouterSettings:
             usage_batch_size=get_int(env, "INTERLOCK_USAGE_BATCH_SIZE", 200),
             usage_flush_seconds=get_float(env, "INTERLOCK_USAGE_FLUSH_SECONDS", 0.05),
             usage_spool_path=_spool_path(env, listen),
+            score_spool_path=_score_spool_path(_spool_path(env, listen)),
             warm_tokenizer=get_bool(env, "INTERLOCK_ROUTER_WARM_TOKENIZER", False),
             max_attempts=get_int(env, "INTERLOCK_ROUTER_MAX_ATTEMPTS", 4),
             deadline_seconds=get_float(env, "INTERLOCK_ROUTER_DEADLINE_SECONDS", 120.0),
@@ -73,3 +76,7 @@ def _spool_path(env: Mapping[str, str], listen: str) -> Path:
     port = listen.rsplit(":", 1)[-1]
     default = Path(get_str(env, "INTERLOCK_DATA_DIR", ".interlock")) / "spool" / f"router-{port}.db"
     return Path(get_str(env, "INTERLOCK_ROUTER_SPOOL_PATH", str(default)))
+
+
+def _score_spool_path(usage_spool: Path) -> Path:
+    return usage_spool.with_name(f"{usage_spool.stem}-scores{usage_spool.suffix}")

@@ -1,8 +1,10 @@
 """Live latency per deployment: an exponentially weighted moving average of
-time to first token (streams) and total latency (everything else)."""
+time to first token (streams) and total latency (everything else); and live
+quality per model, from evaluation scores."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 # Weight of the newest observation: high enough to follow a provider that slows down within a
@@ -37,3 +39,30 @@ class LatencyStats:
 
     def snapshot(self) -> dict[str, float]:
         return {f"{d}:{'ttft' if t else 'total'}": a.value for (d, t), a in self._averages.items()}
+
+
+# Scores a model's live quality is averaged over: recent enough to follow a model that got
+# worse, long enough that one harsh judge does not flip router:quality.
+QUALITY_WINDOW = 100
+
+
+class QualityScores:
+    """Live quality per model: the mean of its last QUALITY_WINDOW evaluation scores
+    (0..1), from the evaluations this router ran. Errors are not scores and never get here."""
+
+    def __init__(self, window: int = QUALITY_WINDOW) -> None:
+        self._window = window
+        self._scores: dict[str, deque[float]] = {}
+
+    def observe(self, model: str, score: float) -> None:
+        recent = self._scores.get(model)
+        if recent is None:
+            recent = self._scores[model] = deque(maxlen=self._window)
+        recent.append(score)
+
+    def average(self, model: str, min_samples: int) -> float | None:
+        """The mean, or None while the model has fewer than min_samples scores."""
+        recent = self._scores.get(model)
+        if recent is None or len(recent) < max(1, min_samples):
+            return None
+        return sum(recent) / len(recent)

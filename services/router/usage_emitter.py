@@ -9,6 +9,10 @@ deleted only after RecordEvents succeeded; resending after an unknown outcome
 is safe because RecordEvents skips request ids it already holds. Shutdown
 delivers what it can in the time it has and spools the rest, which the next
 start replays before anything new.
+
+The machinery is generic (SpoolingEmitter); UsageEmitter delivers UsageEvents with
+RecordEvents, and services.router.evaluation.score_emitter delivers evaluation
+scores the same way with RecordScores, from a spool file of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -30,6 +34,7 @@ from services.common.spool import Spool, SpoolEntry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", pb.UsageEvent, pb.QualityScore)
 
 PENDING_EVENTS = Gauge("interlock_usage_pending_events", "Usage events held in memory, not yet delivered.")
 SPOOL_EVENTS = Gauge("interlock_usage_spool_events", "Usage events in the local spool, waiting to be replayed.")
@@ -43,7 +48,31 @@ DEAD_LETTERED_EVENTS = Counter(
 HIGH_WATER_BATCHES = 10
 
 
-class UsageEmitter:
+class SpoolingEmitter(Generic[M]):
+    """Batches items of one message type to the usage service, spooling what it cannot deliver."""
+
+    # What the items are called in logs ("usage events"; "events"; the "usage" spool); the
+    # metrics the subclass counts them in.
+    what: ClassVar[str] = "items"
+    noun: ClassVar[str] = "items"
+    spool_name: ClassVar[str] = "local"
+    pending_gauge: ClassVar[Gauge]
+    spool_gauge: ClassVar[Gauge]
+    spooled_counter: ClassVar[Counter]
+    replayed_counter: ClassVar[Counter]
+    dead_lettered_counter: ClassVar[Counter]
+
+    def decode(self, payload: bytes) -> M:
+        raise NotImplementedError
+
+    def ident(self, item: M) -> str:
+        """The id logs name a rejected item by."""
+        raise NotImplementedError
+
+    async def call(self, items: Sequence[M], timeout_seconds: float) -> None:
+        """Deliver one batch; raises grpc.aio.AioRpcError when it was not taken."""
+        raise NotImplementedError
+
     def __init__(
         self,
         channel: grpc.aio.Channel,
@@ -63,9 +92,9 @@ class UsageEmitter:
         self._max_backoff = max_backoff_seconds
         self._rpc_timeout = rpc_timeout_seconds
         self._high_water = HIGH_WATER_BATCHES * batch_size
-        self._pending: deque[pb.UsageEvent] = deque()
+        self._pending: deque[M] = deque()
         # The batch being sent from memory, and whether the spool already holds a copy of it.
-        self._inflight: list[pb.UsageEvent] = []
+        self._inflight: list[M] = []
         self._inflight_spooled = False
         self._wake = asyncio.Event()
         self._overflow = asyncio.Event()
@@ -86,7 +115,7 @@ class UsageEmitter:
     def spooled(self) -> int:
         return self._spool.count
 
-    def emit(self, event: pb.UsageEvent) -> None:
+    def emit(self, event: M) -> None:
         if self._closed:
             self._emit_after_close(event)
             return
@@ -98,10 +127,10 @@ class UsageEmitter:
 
     def start(self) -> None:
         # Read at scrape time, so emit() pays nothing for them. One emitter per process.
-        PENDING_EVENTS.set_function(lambda: self.pending)
-        SPOOL_EVENTS.set_function(lambda: self._spool.count)
+        self.pending_gauge.set_function(lambda: self.pending)
+        self.spool_gauge.set_function(lambda: self._spool.count)
         if self._spool.count:
-            log.info("replaying %d usage events spooled in %s before new ones", self._spool.count, self._spool.path)
+            log.info("replaying %d %s spooled in %s before new ones", self._spool.count, self.what, self._spool.path)
         self._task = asyncio.create_task(self._run(), name="usage-emitter")
 
     async def close(self, wait_seconds: float) -> None:
@@ -122,22 +151,22 @@ class UsageEmitter:
             while self.pending:
                 await self._spill()
         except Exception:  # the other cleanups must still run
-            log.exception("could not spool %d usage events at shutdown; they are lost", self.pending)
+            log.exception("could not spool %d %s at shutdown; they are lost", self.pending, self.what)
         # From here on no task is left to flush; a late event goes straight to the spool.
         self._closed = True
         if left:
-            log.warning("wrote %d undelivered usage events to the spool at shutdown", left - self.pending)
+            log.warning("wrote %d undelivered %s to the spool at shutdown", left - self.pending, self.what)
         if self._spool.count:
-            log.warning("%d usage events wait in %s; the next start replays them", self._spool.count, self._spool.path)
+            log.warning("%d %s wait in %s; the next start replays them", self._spool.count, self.what, self._spool.path)
 
-    def _emit_after_close(self, event: pb.UsageEvent) -> None:
+    def _emit_after_close(self, event: M) -> None:
         # Only during shutdown (a handler finishing late), so blocking on the disk is acceptable.
         try:
             self._spool.append([event.SerializeToString()])
         except Exception:  # emit never raises into a request handler
-            log.exception("usage event %s emitted after the spool closed; it is lost", event.request_id)
+            log.exception("%s %s emitted after the spool closed; it is lost", self.what, self.ident(event))
             return
-        SPOOLED_EVENTS.inc()
+        self.spooled_counter.inc()
 
     async def _run(self) -> None:
         delay = self._flush_seconds
@@ -147,7 +176,7 @@ class UsageEmitter:
             try:
                 delivered = await self._deliver()
             except Exception:  # e.g. a disk error; the task must outlive it and retry
-                log.exception("usage emitter failed; retrying")
+                log.exception("%s emitter failed; retrying", self.what)
                 delivered = False
             if delivered:
                 delay = self._flush_seconds
@@ -198,7 +227,12 @@ class UsageEmitter:
             entries = await asyncio.to_thread(self._spool.peek, self._batch_size)
             if not entries:
                 if self._outage or self._replayed:
-                    log.info("usage spool drained (%d events replayed); delivering from memory again", self._replayed)
+                    log.info(
+                        "%s spool drained (%d %s replayed); delivering from memory again",
+                        self.spool_name,
+                        self._replayed,
+                        self.noun,
+                    )
                 self._outage, self._replayed = False, 0
                 return True
             if not await self._replay_batch(entries):
@@ -208,14 +242,14 @@ class UsageEmitter:
         events = []
         for entry in entries:
             try:
-                events.append(pb.UsageEvent.FromString(entry.payload))
+                events.append(self.decode(entry.payload))
             except DecodeError:
-                await self._bury(entry, "spooled payload is not a UsageEvent")
+                await self._bury(entry, f"spooled payload is not one of the {self.what}")
                 return True
         error = await self._send(events)
         if error is None:
             await asyncio.to_thread(self._spool.ack, [e.seq for e in entries])
-            REPLAYED_EVENTS.inc(len(entries))
+            self.replayed_counter.inc(len(entries))
             self._replayed += len(entries)
             return True
         if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -225,23 +259,23 @@ class UsageEmitter:
             # Halve until the bad events are alone, so the good ones around them still get delivered.
             half = len(entries) // 2
             return await self._replay_batch(entries[:half]) and await self._replay_batch(entries[half:])
-        await self._bury(entries[0], f"{error.code().name}: {error.details()}", events[0].request_id)
+        await self._bury(entries[0], f"{error.code().name}: {error.details()}", self.ident(events[0]))
         return True
 
     async def _bury(self, entry: SpoolEntry, error: str, request_id: str = "") -> None:
         await asyncio.to_thread(self._spool.bury, [entry.seq], error)
-        DEAD_LETTERED_EVENTS.inc()
+        self.dead_lettered_counter.inc()
         log.error(
-            "usage event %s rejected (%s); moved to the dead-letter table of %s",
+            "one of the %s (%s) rejected (%s); moved to the dead-letter table of %s",
+            self.what,
             request_id or f"#{entry.seq}",
             error,
             self._spool.path,
         )
 
-    async def _send(self, events: Sequence[pb.UsageEvent]) -> grpc.aio.AioRpcError | None:
-        request = pb.RecordEventsRequest(events=events)
+    async def _send(self, events: Sequence[M]) -> grpc.aio.AioRpcError | None:
         try:
-            await self._watch_overflow(self._stub.RecordEvents(request, timeout=self._rpc_timeout))
+            await self._watch_overflow(self.call(events, self._rpc_timeout))
         except grpc.aio.AioRpcError as exc:
             return exc
         return None
@@ -273,20 +307,43 @@ class UsageEmitter:
         self._spilling = asyncio.ensure_future(self._spill_io(head, tail))
         await asyncio.shield(self._spilling)
 
-    async def _spill_io(self, head: list[pb.UsageEvent], tail: list[pb.UsageEvent]) -> None:
+    async def _spill_io(self, head: list[M], tail: list[M]) -> None:
         await asyncio.to_thread(self._spool.append, [e.SerializeToString() for e in (*head, *tail)])
         for _ in tail:
             self._pending.popleft()
         if head:
             self._inflight_spooled = True
-        SPOOLED_EVENTS.inc(len(head) + len(tail))
+        self.spooled_counter.inc(len(head) + len(tail))
 
     def _note_failure(self, error: grpc.aio.AioRpcError) -> None:
         if not self._outage:
             log.warning(
-                "usage service did not take events (%s: %s); spooling them to %s until it does",
+                "usage service did not take %s (%s: %s); spooling them to %s until it does",
+                self.noun,
                 error.code().name,
                 error.details(),
                 self._spool.path,
             )
             self._outage = True
+
+
+class UsageEmitter(SpoolingEmitter[pb.UsageEvent]):
+    """Usage events, delivered with RecordEvents (which skips request ids it holds)."""
+
+    what = "usage events"
+    noun = "events"
+    spool_name = "usage"
+    pending_gauge = PENDING_EVENTS
+    spool_gauge = SPOOL_EVENTS
+    spooled_counter = SPOOLED_EVENTS
+    replayed_counter = REPLAYED_EVENTS
+    dead_lettered_counter = DEAD_LETTERED_EVENTS
+
+    def decode(self, payload: bytes) -> pb.UsageEvent:
+        return pb.UsageEvent.FromString(payload)
+
+    def ident(self, item: pb.UsageEvent) -> str:
+        return item.request_id
+
+    async def call(self, items: Sequence[pb.UsageEvent], timeout_seconds: float) -> None:
+        await self._stub.RecordEvents(pb.RecordEventsRequest(events=items), timeout=timeout_seconds)

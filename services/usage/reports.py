@@ -221,14 +221,25 @@ def _totals(rows: Iterable[AggregateRow]) -> tuple[int, int, int, int, int]:
 
 
 def _metrics(rows: Iterable[AggregateRow]) -> pb.AggregateMetrics:
+    rows = list(rows)
     requests, successful, failed, latency, tokens = _totals(rows)
-    return pb.AggregateMetrics(
+    metrics = pb.AggregateMetrics(
         total_requests=requests,
         successful_requests=successful,
         failed_requests=failed,
         avg_latency_ms=_mean(latency, requests),
         avg_tokens_per_request=_mean(tokens, requests),
     )
+    scores = sum(r.score_count for r in rows)
+    if scores:
+        metrics.avg_quality_score = _score_mean(sum(r.score_sum for r in rows), scores)
+        # Summing per group counts each request once: all its scores carry its own key and hour.
+        metrics.evaluated_requests = sum(r.scored_requests for r in rows)
+    return metrics
+
+
+def _score_mean(total: float, count: int) -> float:
+    return round(total / count, 4) if count else 0.0
 
 
 def _point(row: AggregateRow) -> pb.TimeSeriesPoint:
@@ -261,6 +272,8 @@ def _usage_row(row: AggregateRow, masked: dict[str, str]) -> pb.UsageRow:
         cost_usd=round(row.cost_usd, 10),
         avg_latency_ms=_mean(row.latency_ms_sum, row.requests),
         avg_ttft_ms=_mean(row.ttft_ms_sum, row.ttft_count),
+        avg_quality_score=_score_mean(row.score_sum, row.score_count),
+        evaluated_requests=row.scored_requests,
     )
 
 

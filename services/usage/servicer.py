@@ -11,9 +11,11 @@ from google.api import httpbody_pb2  # type: ignore[attr-defined]  # mypy_path's
 
 from interlock.usage.v1 import usage_pb2 as pb
 from interlock.usage.v1 import usage_pb2_grpc
+from services.common.clock import Clock, SystemClock
 from services.common.errors import InvalidRequestError
 from services.common.rpc import HTTP_CODE_KEY
 from services.usage.callers import CallerResolver
+from services.usage.feedback import Feedback
 from services.usage.reports import Reports
 from services.usage.store import EventStore, SpendTotal
 
@@ -23,12 +25,15 @@ _MAX_UNIX_MS = 2**63 - 1
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
-    def __init__(self, store: EventStore, callers: CallerResolver, reports: Reports) -> None:
+    def __init__(
+        self, store: EventStore, callers: CallerResolver, reports: Reports, *, clock: Clock | None = None
+    ) -> None:
         self._store = store
         self._callers = callers
         self._reports = reports
         # SQLite allows one writer; serialise here rather than fail on "database is locked".
         self._write_lock = asyncio.Lock()
+        self._feedback = Feedback(store, clock or SystemClock(), self._store_scores)
 
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Context) -> pb.RecordEventsResponse:
         for event in request.events:
@@ -37,6 +42,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         async with self._write_lock:
             stored, duplicates = await asyncio.to_thread(self._store.insert, list(request.events))
         return pb.RecordEventsResponse(stored=stored, duplicates=duplicates)
+
+    async def RecordScores(self, request: pb.RecordScoresRequest, context: Context) -> pb.RecordScoresResponse:
+        for score in request.scores:
+            if not score.request_id or not score.evaluator:
+                raise InvalidRequestError("every score needs a request_id and an evaluator", param="scores")
+            if not 0.0 <= score.score <= 1.0:
+                raise InvalidRequestError(f"score {score.score} of {score.request_id} is outside 0..1", param="score")
+        return pb.RecordScoresResponse(stored=await self._store_scores(list(request.scores)))
+
+    async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context: Context) -> pb.RecordFeedbackResponse:
+        caller = self._callers.resolve(context.invocation_metadata() or ())
+        return await self._feedback.record(caller, request)
+
+    async def _store_scores(self, scores: list[pb.QualityScore]) -> int:
+        async with self._write_lock:
+            return await asyncio.to_thread(self._store.insert_scores, scores)
 
     async def CountEvents(self, request: pb.CountEventsRequest, context: Context) -> pb.CountEventsResponse:
         return pb.CountEventsResponse(count=await asyncio.to_thread(self._store.count, request))

@@ -13,7 +13,8 @@ benchmark can use it as a mock upstream too::
     python -m tests.support.fake_openai --port 9000 --token-delay 0.01 --first-token-delay 0.1
 
 Chat replies are "Echo: " + the last user message's text; a "token" is a
-whitespace-separated word.
+whitespace-separated word. A forced tool_choice calls that tool; with tools offered
+and a last message "use tool NAME: TEXT", the reply calls NAME with {"text": TEXT}.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def _forced_tool(body: JSON) -> str | None:
     return None
 
 
+def _asked_tool(body: JSON, messages: list[JSON]) -> tuple[str, str] | None:
+    """A tool call the conversation asks for without forcing one: when tools are offered and
+    the last message is a user's "use tool NAME: TEXT", call NAME with {"text": TEXT}."""
+    if not body.get("tools") or body.get("tool_choice") == "none" or messages[-1].get("role") != "user":
+        return None
+    text = _text(messages[-1].get("content"))
+    if not text.startswith("use tool ") or ":" not in text:
+        return None
+    name, _, rest = text[len("use tool ") :].partition(":")
+    return name.strip(), orjson.dumps({"text": rest.strip()}).decode()
+
+
 def _usage(prompt: int, completion: int) -> JSON:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -168,15 +181,18 @@ class FakeOpenAI(FakeServer):
         model, n = body.get("model", "fake-model"), int(body.get("n") or 1)
         prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
         last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-        tool = _forced_tool(body)
+        tool, args = _forced_tool(body), _TOOL_ARGS
+        asked = _asked_tool(body, messages) if tool is None else None
+        if asked is not None:
+            tool, args = asked
         if tool is not None:
-            pieces, finish = [_TOOL_ARGS], "tool_calls"
+            pieces, finish = [args], "tool_calls"
         else:
             pieces, finish = _reply("Echo: " + last_user, body.get("max_completion_tokens", body.get("max_tokens")))
         usage = _usage(prompt_tokens, n * len("".join(pieces).split()))
         cid, created = f"chatcmpl-fake{next(self._ids)}", int(time.time())
         head = {"id": cid, "object": "chat.completion", "created": created, "model": model}
-        call = {"id": "call_fake1", "type": "function", "function": {"name": tool, "arguments": _TOOL_ARGS}}
+        call = {"id": "call_fake1", "type": "function", "function": {"name": tool, "arguments": args}}
 
         if not body.get("stream"):
             if tool is not None:

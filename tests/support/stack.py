@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
+from services.common.ports import free_port
 
 STARTUP_SECONDS = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -249,7 +249,7 @@ BAD_DOCS = [
     pytest.param(
         lambda d: d["profiles"][0].update(candiates=["local"]),
         "profiles[0](router:fast).candiates",
-        "unknown key (expected one of: id, strategy, candidates)",
+        "unknown key (expected one of: id, strategy, candidates, use_live_scores, min_live_scores)",
         id="profile-unknown-key",
     ),
     pytest.param(
@@ -257,6 +257,42 @@ BAD_DOCS = [
         "models[0].id",
         "is required",
         id="model-without-id",
+    ),
+    pytest.param(
+        lambda d: d["models"][0].update(evaluators=[{"type": "regex", "pattern": "("}]),
+        "models[0](local).evaluators[0].pattern",
+        "is not a valid regular expression",
+        id="evaluator-bad-regex",
+    ),
+    pytest.param(
+        lambda d: d["models"][0].update(evaluators=[{"type": "judge", "model": "embed", "rubric": "r"}]),
+        "models[0](local).evaluators[0].model",
+        "'embed' is not a chat model here",
+        id="evaluator-judge-not-chat",
+    ),
+    pytest.param(
+        lambda d: d.update(evaluators={"teams": {}}),
+        "evaluators.teams",
+        "unknown key (expected one of: projects, keys)",
+        id="scoped-evaluators-unknown-section",
+    ),
+    pytest.param(
+        lambda d: d.update(evaluators={"projects": {"p1": [{"type": "judge", "model": "nope", "rubric": "r"}]}}),
+        "evaluators.projects.p1[0].model",
+        "'nope' is not a chat model here",
+        id="scoped-evaluators-unknown-judge",
+    ),
+    pytest.param(
+        lambda d: d.update(evaluators={"keys": {"k1": [{"type": "length"}]}}),
+        "evaluators.keys.k1[0]",
+        "needs min_chars or max_chars",
+        id="scoped-evaluators-bad-spec",
+    ),
+    pytest.param(
+        lambda d: d["profiles"][1].update(use_live_scores="yes"),
+        "profiles[1](router:best).use_live_scores",
+        "must be true or false",
+        id="profile-live-scores-not-bool",
     ),
     pytest.param(
         lambda d: d["providers"]["acme"].update(headers={"X-Team": None}),
@@ -403,3 +439,33 @@ def test_non_utf8_file_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"providers: {caf\xe9: {kind: demo}}\n")
     with pytest.raises(CatalogConfigError, match=r"latin1\.yaml: not UTF-8 text"):
         load_catalog(path, {})
+
+
+def test_evaluators_and_live_scores_are_loaded() -> None:
+    doc = valid_doc()
+    doc["models"][1]["evaluators"] = [
+        {"type": "json_schema", "name": "shape", "schema": {"type": "object"}, "sample_rate": 0.5},
+        {"type": "judge", "model": "local", "rubric": "Correct?"},
+    ]
+    doc["profiles"][1].update(use_live_scores=True, min_live_scores=3)
+    models = by_id(parse_catalog(doc, SOURCE, {}).models)
+    shape, judge = models["remote"].evaluators
+    assert (shape.name, shape.kind, shape.sample_rate, shape.schema_json) == (
+        "shape",
+        "json_schema",
+        0.5,
+        '{"type":"object"}',
+    )
+    assert (judge.name, judge.judge_model, judge.rubric, judge.sample_rate) == ("judge", "local", "Correct?", 1.0)
+    assert (models["router:best"].use_live_scores, models["router:best"].min_live_scores) == (True, 3)
+    assert not models["local"].evaluators and not models["router:fast"].use_live_scores
+
+
+def test_project_and_key_evaluators_are_loaded() -> None:
+    doc = valid_doc()
+    doc["evaluators"] = {"projects": {"p1": [{"type": "refusal"}]}, "keys": {"key_1": [{"type": "json"}]}}
+    scoped = parse_catalog(doc, SOURCE, {}).scoped_evaluators
+    assert [(s.project, s.key_id, [e.kind for e in s.evaluators]) for s in scoped] == [
+        ("p1", "", ["refusal"]),
+        ("", "key_1", ["json"]),
+    ]

@@ -81,7 +81,8 @@ def test_fixture_unknown_key() -> None:
     path, message = _load_error("unknown_key.yaml")
     assert message == (
         f"{path}: models[0](local).context_windw: unknown key (expected one of: id, type, owned_by, "
-        "context_window, max_output_tokens, dims, capabilities, pricing, quality, created, deployments, hedging)"
+        "context_window, max_output_tokens, dims, capabilities, pricing, quality, created, deployments, hedging, "
+        "evaluators)"
     )
 
 

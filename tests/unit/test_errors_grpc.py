@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from services.common.errors import (
     from_rpc_error,
     to_status,
 )
+from services.common.ports import free_port
 
 ERRORS: dict[str, InterlockError] = {
     "model": ModelNotFoundError("The model 'nope' does not exist.", param="model"),
@@ -57,14 +57,22 @@ class FailingUsage(usage_pb2_grpc.UsageServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
         raise AssertionError("unreachable")
 
+    def RecordScores(self, request: pb.RecordScoresRequest, context: grpc.ServicerContext) -> pb.RecordScoresResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
+        raise AssertionError("unreachable")
+
+    def RecordFeedback(
+        self, request: pb.RecordFeedbackRequest, context: grpc.ServicerContext
+    ) -> pb.RecordFeedbackResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by these tests")
+        raise AssertionError("unreachable")
+
 
 @pytest.fixture(scope="module")
 def grpc_addr() -> str:
-    """Overrides pytest-grpc's grpc_addr, which never closes its probe socket: the
-    ResourceWarning from that socket's collection fails setup under -W error."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return f"localhost:{sock.getsockname()[1]}"
+    """Overrides pytest-grpc's grpc_addr, which never closes its probe socket (the
+    ResourceWarning fails setup under -W error) and picks from the ephemeral range."""
+    return f"localhost:{free_port()}"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from services.common.errors import InvalidRequestError, UpstreamError
 from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers, State
 from services.router.routing import Demand, Planner, deployment_key
-from services.router.stats import LatencyStats
+from services.router.stats import LatencyStats, QualityScores
 
 CHAT = (cpb.MODEL_TYPE_CHAT,)
 DEMAND = Demand(prompt_tokens=1000, max_output_tokens=1000, stream=False)
@@ -91,6 +91,32 @@ def test_profiles_order_by_quality_cost_and_latency() -> None:
     assert planner.plan("router:fast", CHAT, pb.RouteHints(), DEMAND).model.id == "good"
     plan = planner.plan("router:fast", CHAT, pb.RouteHints(), DEMAND)
     assert plan.reason == "profile:fast"
+
+
+def test_quality_profile_follows_live_scores_only_when_asked_and_only_with_enough() -> None:
+    tier9, tier2 = model("tier9", ("a", 1, 0), quality=9), model("tier2", ("b", 1, 0), quality=2)
+    live = cpb.Model(id="router:live", type=cpb.MODEL_TYPE_PROFILE, strategy="quality",
+                     candidates=["tier9", "tier2"], use_live_scores=True, min_live_scores=3)  # fmt: skip
+    static = cpb.Model(
+        id="router:static", type=cpb.MODEL_TYPE_PROFILE, strategy="quality", candidates=["tier9", "tier2"]
+    )
+    scores = QualityScores()
+    planner = Planner(cache(tier9, tier2, live, static), KINDS, quality=scores)
+
+    def chosen(profile: str) -> str:
+        return planner.plan(profile, CHAT, pb.RouteHints(), DEMAND).model.id
+
+    assert chosen("router:live") == "tier9"
+    for _ in range(2):
+        scores.observe("tier2", 1.0)
+    assert chosen("router:live") == "tier9"  # two scores are not enough yet: 0.9 (tier 9) vs 0.2 (tier 2)
+    scores.observe("tier2", 0.95)
+    assert chosen("router:live") == "tier2"  # 0.98 live beats tier 9's 0.9
+    for _ in range(3):
+        scores.observe("tier9", 0.99)
+    assert chosen("router:live") == "tier9"
+    assert chosen("router:static") == "tier9"
+    assert planner.plan("router:live", CHAT, pb.RouteHints(), DEMAND).reason == "profile:quality:live"
 
 
 def test_unsupported_kinds_and_missing_keys_are_a_clear_503() -> None:

@@ -18,7 +18,17 @@ import {
   formatRate,
   formatUsd,
 } from "./format.js";
-import { RANGES, chartSeries, errorRateOf, fetchRows, latencyOf, summarize, timeWindow, tokensOf } from "./usage.js";
+import {
+  RANGES,
+  chartSeries,
+  errorRateOf,
+  fetchRows,
+  latencyOf,
+  qualityOf,
+  summarize,
+  timeWindow,
+  tokensOf,
+} from "./usage.js";
 
 const KEY_STORAGE = "interlock.dashboard.key";
 const REFRESH_MS = 60_000;
@@ -85,6 +95,9 @@ function renderTiles(view) {
   const spread = `${plural(view.models.length, "model")} · ${plural(view.keys.length, "key")}`;
   setTile("tile-cost", t.cost, formatUsd(t.cost), spread);
   setTile("tile-latency", latencyOf(t), formatMs(latencyOf(t)), "mean per request");
+  const quality = qualityOf(t);
+  const scoreText = quality === null ? "–" : quality.toFixed(2);
+  setTile("tile-quality", quality, scoreText, `${plural(t.scored, "evaluated request")} · 0 to 1`);
 }
 
 function renderCharts(view) {

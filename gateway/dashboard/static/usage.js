@@ -71,7 +71,7 @@ const num = (value) => {
 };
 
 export function emptyTotals() {
-  return { requests: 0, failed: 0, prompt: 0, completion: 0, cost: 0, latencySum: 0 };
+  return { requests: 0, failed: 0, prompt: 0, completion: 0, cost: 0, latencySum: 0, scored: 0, scoreSum: 0 };
 }
 
 function addRow(totals, row) {
@@ -82,6 +82,10 @@ function addRow(totals, row) {
   totals.completion += num(row.completion_tokens);
   totals.cost += num(row.cost_usd);
   totals.latencySum += num(row.avg_latency_ms) * requests;
+  // Evaluation scores: the mean is weighted by the requests scored in each row.
+  const scored = num(row.evaluated_requests);
+  totals.scored += scored;
+  totals.scoreSum += num(row.avg_quality_score) * scored;
 }
 
 function addTotals(into, from) {
@@ -91,6 +95,7 @@ function addTotals(into, from) {
 export const tokensOf = (t) => t.prompt + t.completion;
 export const errorRateOf = (t) => (t.requests ? t.failed / t.requests : null);
 export const latencyOf = (t) => (t.requests ? t.latencySum / t.requests : null);
+export const qualityOf = (t) => (t.scored ? t.scoreSum / t.scored : null);
 
 function bucketTime(row, bucket) {
   return bucket === "hour" ? Date.parse(row.hour) : Date.parse(`${row.day}T00:00:00Z`);

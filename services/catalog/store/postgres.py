@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from services.catalog.store import PROJECT_UPDATABLE, UPDATABLE, DuplicateError, KeyRecord, ProjectRecord
@@ -150,9 +149,7 @@ class PostgresKeyStore:
         if self._closed:
             raise RuntimeError("the key store is closed")
         if self._conn is None or self._conn.closed:
-            given = conninfo_to_dict(self._url)
-            defaults = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
-            conn = psycopg.connect(make_conninfo(self._url, **defaults), autocommit=True)
+            conn = pg.connect(self._url, _CONNECT_DEFAULTS)
             try:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
             except BaseException:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.router.v1 import router_pb2 as pb
+from services.common.evaluators import MAX_PER_REQUEST, EvaluatorSpecError, parse_evaluators
 from services.common.wire import fields as f
 from services.common.wire.common import (
     CHAT_KNOWN,
@@ -73,10 +75,19 @@ def parse_chat_request(body: dict[str, Any]) -> tuple[pb.ChatRequest, bool]:
     route = parse_route(body)
     if route is not None:
         request.route.CopyFrom(route)
+    if body.get("evaluate") is not None:
+        request.evaluators.extend(_parse_evaluate(body["evaluate"]))
     extra = {k: v for k, v in body.items() if k not in CHAT_KNOWN}
     if extra:
         request.extra_json = f.dumps(extra)
     return request, stream
+
+
+def _parse_evaluate(raw: object) -> list[cpb.Evaluator]:
+    try:
+        return parse_evaluators(raw, "evaluate", limit=MAX_PER_REQUEST)
+    except EvaluatorSpecError as exc:
+        raise f.bad_value(exc.path, exc.problem) from exc
 
 
 def _parse_message(raw: object, param: str) -> pb.Message:

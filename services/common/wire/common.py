@@ -43,6 +43,8 @@ CHAT_KNOWN = _SAMPLING_KEYS | {
     "stream_options",
     "route",
     "metadata",
+    # The gateway's evaluation hooks (services.common.evaluators); never sent upstream.
+    "evaluate",
 }
 COMPLETION_KNOWN = _SAMPLING_KEYS | {
     "model",

@@ -60,6 +60,11 @@ class AggregateRow:
     ttft_ms_sum: int = 0
     # Streams with a time to first token, the divisor of ttft_ms_sum.
     ttft_count: int = 0
+    # Evaluation scores of the group's requests (errors left out): their sum and count, and
+    # the requests with at least one. Merged in from the scores table (store.scores).
+    score_sum: float = 0.0
+    score_count: int = 0
+    scored_requests: int = 0
 
 
 class EventStore(Protocol):
@@ -74,7 +79,16 @@ class EventStore(Protocol):
         ...
 
     def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
-        """Read the hourly rollups (never the events): rows ordered by their dims."""
+        """Read the hourly rollups (never the events), with the groups' evaluation scores
+        merged in: rows ordered by their dims."""
+        ...
+
+    def insert_scores(self, scores: Sequence[pb.QualityScore]) -> int:
+        """Upsert by (request id, evaluator, source): a replay rewrites the same rows. Returns rows written."""
+        ...
+
+    def find_event(self, request_id: str) -> pb.UsageEvent | None:
+        """The request's key, project, model, provider and time (other fields empty), or None."""
         ...
 
     def close(self) -> None: ...

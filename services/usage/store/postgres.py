@@ -35,11 +35,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from interlock.usage.v1 import usage_pb2 as pb
 from services.common import pg
-from services.usage.store import AggregateQuery, AggregateRow, LedgerUnavailableError, SpendTotal, SpendTotals, rollup
+from services.usage.store import (
+    AggregateQuery,
+    AggregateRow,
+    LedgerUnavailableError,
+    SpendTotal,
+    SpendTotals,
+    rollup,
+    scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +108,34 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_hourly_key ON usage_hourly (key_id, hour_start_ms);
     CREATE INDEX usage_hourly_project ON usage_hourly (project, hour_start_ms);
     """,
+    # Evaluation scores (services.usage.store.scores), as in SQLite.
+    """
+    CREATE TABLE usage_scores (
+        request_id TEXT COLLATE "C" NOT NULL,
+        evaluator TEXT COLLATE "C" NOT NULL,
+        source INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        passed BOOLEAN NOT NULL,
+        detail TEXT NOT NULL,
+        error BOOLEAN NOT NULL,
+        time_unix_ms BIGINT NOT NULL,
+        hour_start_ms BIGINT NOT NULL,
+        key_id TEXT COLLATE "C" NOT NULL,
+        project TEXT COLLATE "C" NOT NULL,
+        model TEXT COLLATE "C" NOT NULL,
+        provider TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (request_id, evaluator, source)
+    );
+    CREATE INDEX usage_scores_model_hour ON usage_scores (model, hour_start_ms);
+    CREATE INDEX usage_scores_hour ON usage_scores (hour_start_ms);
+    """,
 )
 
 # First half of the two-part advisory lock key (the catalog's is 0x1C7A); the second half
 # is a hash of the schema the tables go to.
 _LOCK_CLASS = 0x05A6
-_CONNECT_DEFAULTS = {
-    "connect_timeout": "5",
-    "application_name": "interlock-usage",
-    # A server that vanishes without a word (a network partition) is noticed within about
-    # 30 s instead of never: the statement timeout only works while the server is there.
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "30000",
-}
+_CONNECT_DEFAULTS = {"connect_timeout": "5", "application_name": "interlock-usage", **pg.KEEPALIVES}
 _WORK_MEM_KB = 32 * 1024
 _LOST = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -140,6 +160,8 @@ _INSERT = (
     f" {_unnest([t for _, t in _EVENT_COLUMNS])} ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 )
 _UPSERT = rollup.upsert_sql(_unnest(_ROLLUP_TYPES))
+_UPSERT_SCORE = scores.upsert_sql("usage_scores", f"VALUES ({', '.join(['%s'] * len(scores.COLUMNS))})")
+_FIND = "SELECT time_unix_ms, key_id, project, model, model_requested, provider FROM usage_events WHERE request_id = %s"
 # As SQLite's: one statement, so keys and projects come from one snapshot.
 _SPEND = """
     SELECT 'key', key_id, COALESCE(SUM(cost_usd), 0),
@@ -183,9 +205,7 @@ class PostgresEventStore:
     # -- connection -------------------------------------------------------------------------
 
     def _connect(self) -> _Connection:
-        given = conninfo_to_dict(self._url)
-        defaults = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
-        conn = psycopg.connect(make_conninfo(self._url, **defaults), autocommit=True)
+        conn = pg.connect(self._url, _CONNECT_DEFAULTS)
         try:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{self._statement_timeout_ms}ms",))
             # psycopg prepares a statement run 5 times, and after 5 more PostgreSQL may settle on
@@ -289,8 +309,37 @@ class PostgresEventStore:
 
     def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
         text, args = rollup.aggregate_sql(query, "%s")
-        rows = self._run(lambda conn: conn.execute(text, args).fetchall())
-        return rollup.to_rows(query, rows)
+        score_text, score_args = scores.aggregate_sql("usage_scores", query, "%s")
+
+        def work(conn: _Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            # One transaction, so the usage rows and their scores are of one snapshot.
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return conn.execute(text, args).fetchall(), conn.execute(score_text, score_args).fetchall()
+
+        rows, score_rows = self._run(work)
+        return scores.merge(query, rollup.to_rows(query, rows), score_rows)
+
+    def insert_scores(self, batch: Sequence[pb.QualityScore]) -> int:
+        if not batch:
+            return 0
+
+        def work(conn: _Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(_UPSERT_SCORE, [scores.score_row(s) for s in batch])
+
+        self._run(work, write=True)
+        return len(batch)
+
+    def find_event(self, request_id: str) -> pb.UsageEvent | None:
+        row = self._run(lambda conn: conn.execute(_FIND, (request_id,)).fetchone())
+        if row is None:
+            return None
+        time_ms, key_id, project, model, model_requested, provider = row
+        return pb.UsageEvent(
+            request_id=request_id, time_unix_ms=time_ms, key_id=key_id, project=project, model=model,
+            model_requested=model_requested, provider=provider,
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:

@@ -92,6 +92,25 @@ def upsert_sql(source: str) -> str:
     )
 
 
+def where_sql(query: AggregateQuery, placeholder: str) -> tuple[list[str], list[object]]:
+    """The time window and filters of query, over any table with hour_start_ms and the filter columns."""
+    clauses = [f"hour_start_ms >= {placeholder}", f"hour_start_ms < {placeholder}"]
+    args: list[object] = [query.start_ms, query.end_ms]
+    for field, column in _FILTERS:
+        value = getattr(query, field)
+        if value:
+            clauses.append(f"{column} = {placeholder}")
+            args.append(value)
+    return clauses, args
+
+
+def dimensions_sql(query: AggregateQuery, placeholder: str) -> list[str]:
+    """The SQL expressions of query.group_by, over any table with hour_start_ms and the key columns."""
+    # psycopg reads a lone % as the start of a placeholder.
+    modulo = "%%" if placeholder == "%s" else "%"
+    return [_DIMENSION_SQL[d].format(mod=modulo) for d in query.group_by]
+
+
 def aggregate_sql(query: AggregateQuery, placeholder: str) -> tuple[str, list[object]]:
     """The SELECT answering query, with its bound values.
 
@@ -104,16 +123,8 @@ def aggregate_sql(query: AggregateQuery, placeholder: str) -> tuple[str, list[ob
         raise ValueError(f"unknown dimensions {unknown}; known: {list(DIMENSIONS)}")
     if len(set(query.group_by)) != len(query.group_by):
         raise ValueError(f"repeated dimension in {list(query.group_by)}")
-    clauses = [f"hour_start_ms >= {placeholder}", f"hour_start_ms < {placeholder}"]
-    args: list[object] = [query.start_ms, query.end_ms]
-    for field, column in _FILTERS:
-        value = getattr(query, field)
-        if value:
-            clauses.append(f"{column} = {placeholder}")
-            args.append(value)
-    # psycopg reads a lone % as the start of a placeholder.
-    modulo = "%%" if placeholder == "%s" else "%"
-    dims = [_DIMENSION_SQL[d].format(mod=modulo) for d in query.group_by]
+    clauses, args = where_sql(query, placeholder)
+    dims = dimensions_sql(query, placeholder)
     # Cast, so both drivers hand back ints and a float (PostgreSQL's SUM of a BIGINT is a NUMERIC).
     sums = [f"CAST(SUM({c}) AS {'DOUBLE PRECISION' if c == 'cost_usd' else 'BIGINT'})" for c in SUM_COLUMNS]
     text = f"SELECT {', '.join([*dims, *sums])} FROM {TABLE} WHERE {' AND '.join(clauses)}"  # noqa: S608

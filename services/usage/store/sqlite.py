@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from interlock.usage.v1 import usage_pb2 as pb
-from services.usage.store import AggregateQuery, AggregateRow, SpendTotal, SpendTotals, rollup
+from services.common.sqlite_db import migrate, open_wal
+from services.usage.store import AggregateQuery, AggregateRow, SpendTotal, SpendTotals, rollup, scores
 
 MIGRATIONS = (
     """
@@ -90,6 +91,28 @@ MIGRATIONS = (
     "CREATE INDEX usage_hourly_model ON usage_hourly (model, hour_start_ms)",
     "CREATE INDEX usage_hourly_key ON usage_hourly (key_id, hour_start_ms)",
     "CREATE INDEX usage_hourly_project ON usage_hourly (project, hour_start_ms)",
+    # Evaluation scores (services.usage.store.scores), one row per (request, evaluator, source).
+    """
+    CREATE TABLE scores (
+        request_id TEXT NOT NULL,
+        evaluator TEXT NOT NULL,
+        source INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        score REAL NOT NULL,
+        passed INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        error INTEGER NOT NULL,
+        time_unix_ms INTEGER NOT NULL,
+        hour_start_ms INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        PRIMARY KEY (request_id, evaluator, source)
+    )
+    """,
+    "CREATE INDEX scores_model_hour ON scores (model, hour_start_ms)",
+    "CREATE INDEX scores_hour ON scores (hour_start_ms)",
 )
 
 _COLUMNS = (
@@ -112,6 +135,8 @@ _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES "  # noqa: S608 - constant na
 _ROW = f"({', '.join('?' * 21)})"
 _RETURNING = " ON CONFLICT(request_id) DO NOTHING RETURNING request_id"
 _UPSERT = rollup.upsert_sql(f"VALUES ({', '.join('?' * len(rollup.COLUMNS))})")
+_UPSERT_SCORE = scores.upsert_sql("scores", f"VALUES ({', '.join('?' * len(scores.COLUMNS))})")
+_FIND = "SELECT time_unix_ms, key_id, project, model, model_requested, provider FROM events WHERE request_id = ?"
 # Rows per INSERT statement; RETURNING needs one statement, not executemany, to say which
 # ids it stored. Also bounded by the library's limit on bound values (21 per row).
 _ROWS_PER_STATEMENT = 500
@@ -127,20 +152,11 @@ def _row(e: pb.UsageEvent) -> tuple[Any, ...]:
 
 class SqliteEventStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = open_wal(path)
         self._lock = threading.Lock()  # the writing connection's
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # One fsync per batch is enough under WAL; a crash loses no committed batch.
-        self._db.execute("PRAGMA synchronous=NORMAL")
         limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._chunk = max(1, min(_ROWS_PER_STATEMENT, limit // 21))
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for number, statement in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN")
-            self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {number}")
-            self._db.execute("COMMIT")
+        migrate(self._db, MIGRATIONS)
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._read_lock = threading.Lock()
 
@@ -184,9 +200,38 @@ class SqliteEventStore:
 
     def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
         text, args = rollup.aggregate_sql(query, "?")
+        score_text, score_args = scores.aggregate_sql("scores", query, "?")
         with self._read_lock:
-            rows = self._reader.execute(text, args).fetchall()
-        return rollup.to_rows(query, rows)
+            # One read transaction, so the usage rows and their scores are of one snapshot.
+            self._reader.execute("BEGIN")
+            try:
+                rows = self._reader.execute(text, args).fetchall()
+                score_rows = self._reader.execute(score_text, score_args).fetchall()
+            finally:
+                self._reader.execute("COMMIT")
+        return scores.merge(query, rollup.to_rows(query, rows), score_rows)
+
+    def insert_scores(self, batch: Sequence[pb.QualityScore]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_UPSERT_SCORE, [scores.score_row(s) for s in batch])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(batch)
+
+    def find_event(self, request_id: str) -> pb.UsageEvent | None:
+        with self._read_lock:
+            row = self._reader.execute(_FIND, (request_id,)).fetchone()
+        if row is None:
+            return None
+        time_ms, key_id, project, model, model_requested, provider = row
+        return pb.UsageEvent(
+            request_id=request_id, time_unix_ms=time_ms, key_id=key_id, project=project, model=model,
+            model_requested=model_requested, provider=provider,
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._read_lock:

@@ -232,6 +232,9 @@ class Model(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     HEDGING_FIELD_NUMBER: _builtins.int
+    EVALUATORS_FIELD_NUMBER: _builtins.int
+    USE_LIVE_SCORES_FIELD_NUMBER: _builtins.int
+    MIN_LIVE_SCORES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: Global___ModelType.ValueType
     owned_by: _builtins.str
@@ -254,6 +257,11 @@ class Model(_message.Message):
     """When a request's latency_budget_ms passes without a first byte, also ask
     the next candidate and keep whichever answers first.
     """
+    use_live_scores: _builtins.bool
+    """router:quality profiles: rank candidates by the live average of their
+    evaluation scores once a candidate has min_live_scores of them.
+    """
+    min_live_scores: _builtins.int
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -263,6 +271,10 @@ class Model(_message.Message):
     @_builtins.property
     def candidates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Candidate model ids of a profile, in order of preference."""
+
+    @_builtins.property
+    def evaluators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluator]:
+        """Quality checks run on this model's answers after they are sent (chat only)."""
 
     def __init__(
         self,
@@ -283,14 +295,76 @@ class Model(_message.Message):
         quality: _builtins.int = ...,
         available: _builtins.bool = ...,
         hedging: _builtins.bool = ...,
+        evaluators: _abc.Iterable[Global___Evaluator] | None = ...,
+        use_live_scores: _builtins.bool = ...,
+        min_live_scores: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "candidates", b"candidates", "capabilities", b"capabilities", "context_window", b"context_window", "created", b"created", "deployments", b"deployments", "dims", b"dims", "hedging", b"hedging", "id", b"id", "max_output_tokens", b"max_output_tokens", "owned_by", b"owned_by", "pricing", b"pricing", "provider", b"provider", "quality", b"quality", "strategy", b"strategy", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "candidates", b"candidates", "capabilities", b"capabilities", "context_window", b"context_window", "created", b"created", "deployments", b"deployments", "dims", b"dims", "evaluators", b"evaluators", "hedging", b"hedging", "id", b"id", "max_output_tokens", b"max_output_tokens", "min_live_scores", b"min_live_scores", "owned_by", b"owned_by", "pricing", b"pricing", "provider", b"provider", "quality", b"quality", "strategy", b"strategy", "type", b"type", "use_live_scores", b"use_live_scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Evaluator(_message.Message):
+    """A quality check on a model's answer, run off the request path. Kinds: json
+    (the answer parses as JSON), json_schema, regex, length, refusal (the answer
+    contains a documented refusal phrase: it fails), judge (a catalog model scores
+    the answer against a rubric, 0..1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    MIN_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    JUDGE_MODEL_FIELD_NUMBER: _builtins.int
+    RUBRIC_FIELD_NUMBER: _builtins.int
+    PASS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Names the check in the ledger; defaults to the kind."""
+    kind: _builtins.str
+    sample_rate: _builtins.float
+    """Share of requests evaluated, 0..1, chosen deterministically by request id."""
+    schema_json: _builtins.str
+    """json_schema: the JSON Schema as JSON text."""
+    pattern: _builtins.str
+    """regex: a Python regular expression searched for in the answer."""
+    min_chars: _builtins.int
+    """length: bounds on the answer's characters; 0 = no bound."""
+    max_chars: _builtins.int
+    judge_model: _builtins.str
+    """judge: the catalog chat model that scores, and what it scores against."""
+    rubric: _builtins.str
+    pass_threshold: _builtins.float
+    """judge: the score at or above which the answer passes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        sample_rate: _builtins.float = ...,
+        schema_json: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        min_chars: _builtins.int = ...,
+        max_chars: _builtins.int = ...,
+        judge_model: _builtins.str = ...,
+        rubric: _builtins.str = ...,
+        pass_threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["judge_model", b"judge_model", "kind", b"kind", "max_chars", b"max_chars", "min_chars", b"min_chars", "name", b"name", "pass_threshold", b"pass_threshold", "pattern", b"pattern", "rubric", b"rubric", "sample_rate", b"sample_rate", "schema_json", b"schema_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evaluator: _TypeAlias = Evaluator  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
@@ -413,6 +487,8 @@ class WatchCatalogResponse(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     PLANS_FIELD_NUMBER: _builtins.int
     DEFAULT_PLAN_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    SCOPED_EVALUATORS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Increases with every change the catalog service has seen."""
     default_plan: _builtins.str
@@ -423,6 +499,16 @@ class WatchCatalogResponse(_message.Message):
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]: ...
     @_builtins.property
     def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plan]: ...
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
+        """Agents (seed 002's agents API), run by the job service."""
+
+    @_builtins.property
+    def scoped_evaluators(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScopedEvaluators]:
+        """Evaluators for every chat request of a project or of one key (the catalog
+        file's `evaluators:` section), run with the model's and the request's own.
+        """
+
     def __init__(
         self,
         *,
@@ -431,14 +517,88 @@ class WatchCatalogResponse(_message.Message):
         models: _abc.Iterable[Global___Model] | None = ...,
         plans: _abc.Iterable[Global___Plan] | None = ...,
         default_plan: _builtins.str = ...,
+        agents: _abc.Iterable[Global___Agent] | None = ...,
+        scoped_evaluators: _abc.Iterable[Global___ScopedEvaluators] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_plan", b"default_plan", "models", b"models", "plans", b"plans", "providers", b"providers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "default_plan", b"default_plan", "models", b"models", "plans", b"plans", "providers", b"providers", "scoped_evaluators", b"scoped_evaluators", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchCatalogResponse: _TypeAlias = WatchCatalogResponse  # noqa: Y015
+
+@_typing.final
+class ScopedEvaluators(_message.Message):
+    """The evaluators of one project or one key: exactly one of project and key_id is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    EVALUATORS_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    key_id: _builtins.str
+    @_builtins.property
+    def evaluators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluator]: ...
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        evaluators: _abc.Iterable[Global___Evaluator] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluators", b"evaluators", "key_id", b"key_id", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopedEvaluators: _TypeAlias = ScopedEvaluators  # noqa: Y015
+
+@_typing.final
+class Agent(_message.Message):
+    """An agent: a model with standing instructions and, optionally, other catalog
+    models it may call as tools.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    model: _builtins.str
+    """The model id or routing profile that answers."""
+    instructions: _builtins.str
+    """The system message of every turn."""
+    max_steps: _builtins.int
+    """Most model calls in one turn (tool calls included) before it fails."""
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catalog model ids offered to the model as function tools (one text argument each)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        instructions: _builtins.str = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
+        max_steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "instructions", b"instructions", "max_steps", b"max_steps", "model", b"model", "name", b"name", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
 @_typing.final
 class ApiKey(_message.Message):

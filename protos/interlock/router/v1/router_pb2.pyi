@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from interlock.catalog.v1 import catalog_pb2 as _catalog_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -518,6 +519,7 @@ class ChatRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     CALLER_FIELD_NUMBER: _builtins.int
     EXTRA_JSON_FIELD_NUMBER: _builtins.int
+    EVALUATORS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model id or routing profile the client asked for."""
     tool_choice_json: _builtins.str
@@ -541,6 +543,12 @@ class ChatRequest(_message.Message):
     def route(self) -> Global___RouteHints: ...
     @_builtins.property
     def caller(self) -> Global___CallerContext: ...
+    @_builtins.property
+    def evaluators(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.Evaluator]:
+        """The request's own evaluators (the client's `evaluate`), run after the
+        answer is sent, with the model's catalog evaluators.
+        """
+
     def __init__(
         self,
         *,
@@ -555,10 +563,11 @@ class ChatRequest(_message.Message):
         route: Global___RouteHints | None = ...,
         caller: Global___CallerContext | None = ...,
         extra_json: _builtins.str = ...,
+        evaluators: _abc.Iterable[_catalog_pb2.Evaluator] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "caller", b"caller", "parallel_tool_calls", b"parallel_tool_calls", "route", b"route", "sampling", b"sampling", "stream_options", b"stream_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "caller", b"caller", "extra_json", b"extra_json", "messages", b"messages", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "response_format_json", b"response_format_json", "route", b"route", "sampling", b"sampling", "stream_options", b"stream_options", "tool_choice_json", b"tool_choice_json", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "caller", b"caller", "evaluators", b"evaluators", "extra_json", b"extra_json", "messages", b"messages", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "response_format_json", b"response_format_json", "route", b"route", "sampling", b"sampling", "stream_options", b"stream_options", "tool_choice_json", b"tool_choice_json", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015

@@ -41,6 +41,32 @@ STATUS_CANCELLED: Status.ValueType  # 3
 """The client went away before the answer was complete."""
 Global___Status: _TypeAlias = Status  # noqa: Y015
 
+class _ScoreSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScoreSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoreSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCORE_SOURCE_UNSPECIFIED: _ScoreSource.ValueType  # 0
+    SCORE_SOURCE_EVALUATOR: _ScoreSource.ValueType  # 1
+    """A deterministic check (json, json_schema, regex, length, refusal)."""
+    SCORE_SOURCE_JUDGE: _ScoreSource.ValueType  # 2
+    """A judge model scoring against a rubric."""
+    SCORE_SOURCE_FEEDBACK: _ScoreSource.ValueType  # 3
+    """The client, through POST /v1/feedback."""
+
+class ScoreSource(_ScoreSource, metaclass=_ScoreSourceEnumTypeWrapper):
+    """Who produced a score."""
+
+SCORE_SOURCE_UNSPECIFIED: ScoreSource.ValueType  # 0
+SCORE_SOURCE_EVALUATOR: ScoreSource.ValueType  # 1
+"""A deterministic check (json, json_schema, regex, length, refusal)."""
+SCORE_SOURCE_JUDGE: ScoreSource.ValueType  # 2
+"""A judge model scoring against a rubric."""
+SCORE_SOURCE_FEEDBACK: ScoreSource.ValueType  # 3
+"""The client, through POST /v1/feedback."""
+Global___ScoreSource: _TypeAlias = ScoreSource  # noqa: Y015
+
 @_typing.final
 class UsageEvent(_message.Message):
     """One request as the ledger records it."""
@@ -372,6 +398,8 @@ class UsageRow(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
     AVG_TTFT_MS_FIELD_NUMBER: _builtins.int
+    AVG_QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    EVALUATED_REQUESTS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     key_masked: _builtins.str
     """The key's masked form, such as il-0a0e********94c1."""
@@ -392,6 +420,10 @@ class UsageRow(_message.Message):
     avg_latency_ms: _builtins.float
     avg_ttft_ms: _builtins.float
     """Mean time to first token over the group's streams; 0 without streams."""
+    avg_quality_score: _builtins.float
+    """Mean evaluation score (0..1) over the group's scores; 0 without any."""
+    evaluated_requests: _builtins.int
+    """Requests of the group with at least one score."""
     def __init__(
         self,
         *,
@@ -411,10 +443,12 @@ class UsageRow(_message.Message):
         cost_usd: _builtins.float = ...,
         avg_latency_ms: _builtins.float = ...,
         avg_ttft_ms: _builtins.float = ...,
+        avg_quality_score: _builtins.float = ...,
+        evaluated_requests: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_ttft_ms", b"avg_ttft_ms", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "day", b"day", "failed_requests", b"failed_requests", "hour", b"hour", "key_id", b"key_id", "key_masked", b"key_masked", "model", b"model", "project", b"project", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "requests", b"requests", "successful_requests", b"successful_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_quality_score", b"avg_quality_score", "avg_ttft_ms", b"avg_ttft_ms", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "day", b"day", "evaluated_requests", b"evaluated_requests", "failed_requests", b"failed_requests", "hour", b"hour", "key_id", b"key_id", "key_masked", b"key_masked", "model", b"model", "project", b"project", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "requests", b"requests", "successful_requests", b"successful_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,6 +608,8 @@ class AggregateMetrics(_message.Message):
     FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
     AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
     AVG_TOKENS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    AVG_QUALITY_SCORE_FIELD_NUMBER: _builtins.int
+    EVALUATED_REQUESTS_FIELD_NUMBER: _builtins.int
     total_requests: _builtins.int
     successful_requests: _builtins.int
     failed_requests: _builtins.int
@@ -581,6 +617,13 @@ class AggregateMetrics(_message.Message):
     """Mean latency in milliseconds, rounded to 2 decimals."""
     avg_tokens_per_request: _builtins.float
     """Mean prompt + completion tokens per request, rounded to 2 decimals."""
+    avg_quality_score: _builtins.float
+    """Mean evaluation score (0..1, evaluators, judges and client feedback
+    alike) over the scores, rounded to 4 decimals. Set (and in the JSON)
+    only when some request was scored, so unscored stats keep the seed's shape.
+    """
+    evaluated_requests: _builtins.int
+    """Requests with at least one score; set with avg_quality_score."""
     def __init__(
         self,
         *,
@@ -589,12 +632,21 @@ class AggregateMetrics(_message.Message):
         failed_requests: _builtins.int = ...,
         avg_latency_ms: _builtins.float = ...,
         avg_tokens_per_request: _builtins.float = ...,
+        avg_quality_score: _builtins.float | None = ...,
+        evaluated_requests: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_avg_quality_score", b"_avg_quality_score", "_evaluated_requests", b"_evaluated_requests", "avg_quality_score", b"avg_quality_score", "evaluated_requests", b"evaluated_requests"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "avg_tokens_per_request", b"avg_tokens_per_request", "failed_requests", b"failed_requests", "successful_requests", b"successful_requests", "total_requests", b"total_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avg_quality_score", b"_avg_quality_score", "_evaluated_requests", b"_evaluated_requests", "avg_latency_ms", b"avg_latency_ms", "avg_quality_score", b"avg_quality_score", "avg_tokens_per_request", b"avg_tokens_per_request", "evaluated_requests", b"evaluated_requests", "failed_requests", b"failed_requests", "successful_requests", b"successful_requests", "total_requests", b"total_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__avg_quality_score: _TypeAlias = _typing.Literal["avg_quality_score"]  # noqa: Y015
+    _WhichOneofArgType__avg_quality_score: _TypeAlias = _typing.Literal["_avg_quality_score", b"_avg_quality_score"]  # noqa: Y015
+    _WhichOneofReturnType__evaluated_requests: _TypeAlias = _typing.Literal["evaluated_requests"]  # noqa: Y015
+    _WhichOneofArgType__evaluated_requests: _TypeAlias = _typing.Literal["_evaluated_requests", b"_evaluated_requests"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__avg_quality_score) -> _WhichOneofReturnType__avg_quality_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evaluated_requests) -> _WhichOneofReturnType__evaluated_requests | None: ...
 
 Global___AggregateMetrics: _TypeAlias = AggregateMetrics  # noqa: Y015
 
@@ -667,3 +719,181 @@ class TimeSeriesPoint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimeSeriesPoint: _TypeAlias = TimeSeriesPoint  # noqa: Y015
+
+@_typing.final
+class QualityScore(_message.Message):
+    """One score of one request's answer. The request's key, project, model,
+    provider and time are copied in by the producer, so score reports group like
+    usage without waiting for the request's event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVALUATOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    evaluator: _builtins.str
+    """The evaluator's name (feedback: "feedback")."""
+    kind: _builtins.str
+    """json, json_schema, regex, length, refusal, judge or feedback."""
+    source: Global___ScoreSource.ValueType
+    score: _builtins.float
+    """0..1, higher is better."""
+    passed: _builtins.bool
+    detail: _builtins.str
+    """Why: the failed check, the judge's reason, the client's comment."""
+    error: _builtins.bool
+    """True when the evaluator itself failed (a judge that answered junk); such a
+    row carries no score and is left out of the averages.
+    """
+    time_unix_ms: _builtins.int
+    """Unix ms when the score was produced."""
+    request_time_unix_ms: _builtins.int
+    """Unix ms when the scored request reached the router."""
+    key_id: _builtins.str
+    project: _builtins.str
+    model: _builtins.str
+    provider: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        evaluator: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        source: Global___ScoreSource.ValueType = ...,
+        score: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        error: _builtins.bool = ...,
+        time_unix_ms: _builtins.int = ...,
+        request_time_unix_ms: _builtins.int = ...,
+        key_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "error", b"error", "evaluator", b"evaluator", "key_id", b"key_id", "kind", b"kind", "model", b"model", "passed", b"passed", "project", b"project", "provider", b"provider", "request_id", b"request_id", "request_time_unix_ms", b"request_time_unix_ms", "score", b"score", "source", b"source", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualityScore: _TypeAlias = QualityScore  # noqa: Y015
+
+@_typing.final
+class RecordScoresRequest(_message.Message):
+    """Request for UsageService.RecordScores."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___QualityScore]: ...
+    def __init__(
+        self,
+        *,
+        scores: _abc.Iterable[Global___QualityScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordScoresRequest: _TypeAlias = RecordScoresRequest  # noqa: Y015
+
+@_typing.final
+class RecordScoresResponse(_message.Message):
+    """Response of UsageService.RecordScores."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    stored: _builtins.int
+    def __init__(
+        self,
+        *,
+        stored: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordScoresResponse: _TypeAlias = RecordScoresResponse  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackRequest(_message.Message):
+    """Request for UsageService.RecordFeedback (POST /v1/feedback)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THUMBS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The X-Request-Id of the answer being scored."""
+    score: _builtins.float
+    """0..1; give this or thumbs."""
+    thumbs: _builtins.str
+    """"up" (1.0) or "down" (0.0)."""
+    comment: _builtins.str
+    """Free text, at most 2000 characters."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        score: _builtins.float | None = ...,
+        thumbs: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "comment", b"comment", "request_id", b"request_id", "score", b"score", "thumbs", b"thumbs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackResponse(_message.Message):
+    """Response of UsageService.RecordFeedback: the score as recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    score: _builtins.float
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        score: _builtins.float = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackResponse: _TypeAlias = RecordFeedbackResponse  # noqa: Y015

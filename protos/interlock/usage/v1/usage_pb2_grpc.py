@@ -52,6 +52,16 @@ class UsageServiceStub:
                 request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
                 response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
                 _registered_method=True)
+        self.RecordScores = channel.unary_unary(
+                '/interlock.usage.v1.UsageService/RecordScores',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresRequest.SerializeToString,
+                response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresResponse.FromString,
+                _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/interlock.usage.v1.UsageService/RecordFeedback',
+                request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
         self.QueryUsage = channel.unary_unary(
                 '/interlock.usage.v1.UsageService/QueryUsage',
                 request_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.QueryUsageRequest.SerializeToString,
@@ -87,6 +97,23 @@ class UsageServiceServicer:
     def GetSpend(self, request, context):
         """Sums the recorded spend per key and per project, in all and since a time:
         what budget counters are rebuilt from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordScores(self, request, context):
+        """Stores evaluation scores, idempotently by (request id, evaluator, source):
+        a replayed batch rewrites the same rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """A client's own score of an answer. Only the key that made the request, a
+        key of its project, or the admin key may attach one; an unknown request
+        id (or one the caller may not see) is not found.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +157,16 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     servicer.GetSpend,
                     request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.FromString,
                     response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.SerializeToString,
+            ),
+            'RecordScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordScores,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresRequest.FromString,
+                    response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackResponse.SerializeToString,
             ),
             'QueryUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryUsage,
@@ -225,6 +262,60 @@ class UsageService:
             '/interlock.usage.v1.UsageService/GetSpend',
             interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendRequest.SerializeToString,
             interlock_dot_usage_dot_v1_dot_usage__pb2.GetSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.UsageService/RecordScores',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresRequest.SerializeToString,
+            interlock_dot_usage_dot_v1_dot_usage__pb2.RecordScoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.usage.v1.UsageService/RecordFeedback',
+            interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackRequest.SerializeToString,
+            interlock_dot_usage_dot_v1_dot_usage__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,15 @@ class UsageServiceStub:
     """Sums the recorded spend per key and per project, in all and since a time:
     what budget counters are rebuilt from.
     """
+    RecordScores: _grpc.UnaryUnaryMultiCallable[_usage_pb2.RecordScoresRequest, _usage_pb2.RecordScoresResponse]
+    """Stores evaluation scores, idempotently by (request id, evaluator, source):
+    a replayed batch rewrites the same rows.
+    """
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_usage_pb2.RecordFeedbackRequest, _usage_pb2.RecordFeedbackResponse]
+    """A client's own score of an answer. Only the key that made the request, a
+    key of its project, or the admin key may attach one; an unknown request
+    id (or one the caller may not see) is not found.
+    """
     QueryUsage: _grpc.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _usage_pb2.QueryUsageResponse]
     """Usage summed from the hourly rollups, grouped as asked. An API key sees its
     own project's usage only; the admin key sees everything.
@@ -76,6 +85,15 @@ class UsageServiceAsyncStub(UsageServiceStub):
     GetSpend: _aio.UnaryUnaryMultiCallable[_usage_pb2.GetSpendRequest, _usage_pb2.GetSpendResponse]  # type: ignore[assignment]
     """Sums the recorded spend per key and per project, in all and since a time:
     what budget counters are rebuilt from.
+    """
+    RecordScores: _aio.UnaryUnaryMultiCallable[_usage_pb2.RecordScoresRequest, _usage_pb2.RecordScoresResponse]  # type: ignore[assignment]
+    """Stores evaluation scores, idempotently by (request id, evaluator, source):
+    a replayed batch rewrites the same rows.
+    """
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_usage_pb2.RecordFeedbackRequest, _usage_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """A client's own score of an answer. Only the key that made the request, a
+    key of its project, or the admin key may attach one; an unknown request
+    id (or one the caller may not see) is not found.
     """
     QueryUsage: _aio.UnaryUnaryMultiCallable[_usage_pb2.QueryUsageRequest, _usage_pb2.QueryUsageResponse]  # type: ignore[assignment]
     """Usage summed from the hourly rollups, grouped as asked. An API key sees its
@@ -122,6 +140,27 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_usage_pb2.GetSpendResponse, _abc.Awaitable[_usage_pb2.GetSpendResponse]]:
         """Sums the recorded spend per key and per project, in all and since a time:
         what budget counters are rebuilt from.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordScores(
+        self,
+        request: _usage_pb2.RecordScoresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.RecordScoresResponse, _abc.Awaitable[_usage_pb2.RecordScoresResponse]]:
+        """Stores evaluation scores, idempotently by (request id, evaluator, source):
+        a replayed batch rewrites the same rows.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _usage_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_usage_pb2.RecordFeedbackResponse, _abc.Awaitable[_usage_pb2.RecordFeedbackResponse]]:
+        """A client's own score of an answer. Only the key that made the request, a
+        key of its project, or the admin key may attach one; an unknown request
+        id (or one the caller may not see) is not found.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,83 @@
+"""The job runner's bookkeeping with a pinned clock: the retention sweep, and the
+refusals that come before a job is stored (another key's request id or session).
+Running jobs needs the router: tests/test_e2e_execute.py and test_e2e_agents.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from interlock.jobs.v1 import jobs_pb2 as jpb
+from interlock.router.v1 import router_pb2 as pb
+from interlock.router.v1 import router_pb2_grpc
+from services.common.catalog_cache import CatalogCache
+from services.common.clock import ManualClock
+from services.common.errors import InvalidRequestError, NotFoundError
+from services.usage.jobs.runner import JobRunner
+from services.usage.jobs.sqlite import SqliteJobStore
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, SqliteJobStore, ManualClock]]:
+    # Nothing listens on this channel: these tests must never reach the router.
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    clock = ManualClock()
+    runner = JobRunner(
+        store,
+        router_pb2_grpc.RouterServiceStub(channel),
+        CatalogCache(channel, watch_keys=False),
+        clock,
+        call_timeout_seconds=1,
+        retention_seconds=24 * HOUR,
+    )
+    yield runner, store, clock
+    await runner.close()
+    store.close()
+    await channel.close(grace=None)
+
+
+def finished(job_id: str, clock: ManualClock) -> jpb.Job:
+    job = jpb.Job(id=job_id, key_id="key_a", status=jpb.JOB_STATUS_COMPLETED)
+    job.update_time.FromMilliseconds(int(clock.now() * 1000))
+    return job
+
+
+async def test_the_sweep_deletes_what_outlived_the_retention(
+    parts: tuple[JobRunner, SqliteJobStore, ManualClock],
+) -> None:
+    runner, store, clock = parts
+    store.create(finished("req_old", clock))
+    clock.advance(23 * HOUR)
+    store.create(finished("req_new", clock))
+    assert await runner.sweep() == 0
+    clock.advance(2 * HOUR)
+    assert await runner.sweep() == 1
+    assert store.get("req_old") is None and store.get("req_new") is not None
+
+
+def agent_spec(request_id: str, key_id: str, session_id: str = "") -> jpb.JobSpec:
+    turn = jpb.AgentTurn(agent_id="helper", query="hi", session_id=session_id)
+    return jpb.JobSpec(agent=turn, caller=pb.CallerContext(request_id=request_id, key_id=key_id))
+
+
+async def test_another_keys_session_or_request_id_is_refused_before_anything_runs(
+    parts: tuple[JobRunner, SqliteJobStore, ManualClock],
+) -> None:
+    runner, store, clock = parts
+    store.save_session(jpb.Session(id="helper_1", key_id="key_a", agent_id="helper"), 0)
+    with pytest.raises(NotFoundError):
+        await runner.submit(agent_spec("req_1", "key_b", "helper_1"), 0)
+    with pytest.raises(NotFoundError):
+        await runner.submit(agent_spec("req_2", "key_a", "helper_unknown"), 0)
+    store.create(finished("req_taken", clock))
+    with pytest.raises(InvalidRequestError) as info:
+        await runner.submit(agent_spec("req_taken", "key_b"), 0)
+    assert info.value.http_status == 409
+    assert store.get("req_1") is None and store.get("req_2") is None
+    assert store.delete_before(10**15) == 2  # the one session and the taken job: nothing else was left
