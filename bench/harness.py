@@ -77,7 +77,7 @@ class Latency:
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A markdown table; numbers are right-aligned."""
     cells = [[_cell(value) for value in row] for row in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
     numeric = [bool(rows) and all(isinstance(row[i], int | float) for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:

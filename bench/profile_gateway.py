@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         layers: Counter[str] = Counter()
         for leaf, count in leaves.items():
             layers[layer_of(leaf)] += count
-        print(f"\n## {name}: {total} samples while holding the GIL\n")
+        print(f"\n## {name}: {sum(leaves.values())} samples while holding the GIL\n")
+        if not leaves:
+            # An idle process (the catalog, in a short run) may never hold the GIL when sampled.
+            continue
         table = [[k, f"{100 * v / total:.1f}", f"{100 * inclusive[k] / total:.1f}"] for k, v in layers.most_common()]
         print(markdown_table(["layer", "self %", "on the stack %"], table))
         print()

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.anthropic import errors as anthropic_errors
+from services.common import anthropic_errors
 from services.common.errors import (
     InterlockError,
     InvalidRequestError,

@@ -14,7 +14,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
-from gateway.anthropic import errors as anthropic_errors
+from services.common import anthropic_errors
 from services.common.errors import ServerError, error_body
 
 log = logging.getLogger(__name__)

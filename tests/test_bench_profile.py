@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import markdown_table
 from bench.profile_gateway import layer_of, parse_raw
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,12 @@ def test_raw_stacks_are_attributed_to_leaves_and_layers(tmp_path: Path) -> None:
     assert inclusive[layer_of("run (/x/asyncio/runners.py)")] == 15
     assert layer_of("f (/usr/lib/python3.11/json/decoder.py)") == "JSON"
     assert layer_of("f (/somewhere/else.py)").startswith("other")
+
+
+def test_a_table_without_rows_is_just_its_header() -> None:
+    # An idle process can have no samples at all; its table must still print.
+    assert markdown_table(["layer", "self %"], []).splitlines() == ["| layer | self % |", "|-------|--------|"]
+    assert markdown_table(["n"], [[12345]]).splitlines()[2] == "| 12,345 |"
 
 
 def test_profile_runs_against_the_real_stack(tmp_path: Path) -> None:

@@ -220,6 +220,18 @@ def test_stats_and_usage_report_quality(stack: Stack, evaluated: dict[str, str])
     assert rows["json-chat"]["evaluated_requests"] == str(scored)
     assert rows["json-chat"]["avg_quality_score"] == metrics["avgQualityScore"]
     assert (rows["plain-chat"]["evaluated_requests"], rows["plain-chat"]["avg_quality_score"]) == ("0", 0)
+    # The CSV export carries the same two columns, for billing and quality reviews in a spreadsheet.
+    export = httpx.get(
+        f"{stack.base_url}/usage/export", params={"group_by": "model"}, headers=stack.headers(), timeout=10
+    )
+    assert export.status_code == 200, export.text
+    header, *lines = export.text.strip().split("\r\n")
+    cells = {
+        row["model"]: row for row in (dict(zip(header.split(","), line.split(","), strict=True)) for line in lines)
+    }
+    assert cells["json-chat"]["evaluated_requests"] == str(scored)
+    assert float(cells["json-chat"]["avg_quality_score"]) == metrics["avgQualityScore"]
+    assert (cells["plain-chat"]["evaluated_requests"], float(cells["plain-chat"]["avg_quality_score"])) == ("0", 0)
 
 
 def test_dashboard_shows_the_quality_tile(stack: Stack, evaluated: dict[str, str]) -> None:

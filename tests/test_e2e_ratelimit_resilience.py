@@ -97,6 +97,8 @@ def test_a_budget_survives_a_restart_of_the_memory_backend(
     processes += [ratelimit, edge_process]
     cap = 0.0002
     secret, key_id = create_key_record(stack, [edge], budget_usd=cap)
+    # Answers carry rate-limit headers only when the ratelimit service decided them.
+    probe = create_key(stack, [edge], requests_per_minute=1000, burst=1000)
     served = 0
     while (reply := chat(edge, secret)).status_code == 200:
         served += 1
@@ -110,6 +112,9 @@ def test_a_budget_survives_a_restart_of_the_memory_backend(
     ratelimit.wait(10)
     restarted, _ = stack.start_ratelimit(tmp_path / "ratelimit.log", {"INTERLOCK_RATELIMIT_LISTEN": addr})
     processes.append(restarted)
+    # The edge fails open while its channel reconnects (at most ~2 s of backoff): wait until
+    # the restarted service decides the probe key's requests, without spending the budget.
+    eventually(lambda: "x-ratelimit-limit" in chat(edge, probe).headers)
     # Rebuilt from the ledger before it serves: still out of budget, not a fresh cap.
     again = chat(edge, secret)
     assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"

@@ -244,6 +244,23 @@ async def test_the_class_from_a_path_entry(service: Service) -> None:
     assert refused.overall_code == Code.OVER_LIMIT
 
 
+async def test_a_refusal_on_the_messages_api_is_in_anthropics_shape(service: Service) -> None:
+    address = unique_ip()
+    request_id = "req_" + uuid.uuid4().hex
+    path = ip(address, ("path", "/v1/messages?beta=true"))
+    await should(service.addr, path)
+    await should(service.addr, path)
+    refused = await should(service.addr, path, descriptor(("request_id", request_id)))
+    assert refused.overall_code == Code.OVER_LIMIT
+    body = orjson.loads(refused.raw_body)
+    assert body == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": body["error"]["message"]},
+        "request_id": request_id,
+    }
+    assert "ip:chat:requests" in body["error"]["message"]
+
+
 async def test_one_counter_whether_envoy_or_the_edge_asks(service: Service) -> None:
     address = unique_ip()
     async with grpc.aio.insecure_channel(service.addr) as channel:

@@ -17,10 +17,10 @@ import grpc
 import orjson
 from starlette.responses import StreamingResponse
 
-from gateway.anthropic.errors import error_body
 from gateway.anthropic.response import JSON, stop_reason, tool_use_id, usage_to_json
 from gateway.sse import SSE_HEADERS
 from interlock.router.v1 import router_pb2 as pb
+from services.common.anthropic_errors import error_body
 from services.common.errors import from_rpc_error
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ input) rewritten into the public error shape, as the edge would have written the
 
 Only local replies pass through local_reply_config, so the edge's and the
 services' answers are never touched. The ratelimit service's 429 comes with its
-own body already in the shape (services/ratelimit/envoy.py), so no mapper
-matches 429 and that body passes through. On the Messages API's paths the same
+own body already in the shape, Anthropic's on the Messages API
+(services/ratelimit/envoy.py), so no mapper matches 429 and that body passes through. On the Messages API's paths the same
 replies are in Anthropic's error shape, as the edge writes them there.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.anthropic import errors as anthropic_errors
+from services.common import anthropic_errors
 from services.common.errors import (
     InterlockError,
     InvalidRequestError,
@@ -65,7 +65,7 @@ def _status_filter(status: int) -> dict[str, Any]:
     }
 
 
-# Paths whose clients read Anthropic's error shape (gateway.anthropic.errors.serves).
+# Paths whose clients read Anthropic's error shape (services.common.anthropic_errors.serves).
 ANTHROPIC_PREFIX = "/v1/messages"
 
 

@@ -10,10 +10,14 @@ import grpc
 # In Kubernetes the services are headless: DNS answers every pod's address. round_robin spreads
 # calls over all of them (pick_first would pin a client to one pod); the servers' maximum
 # connection age (grpc_server.create_server) makes clients re-resolve, so new pods get traffic.
-# Pings keep idle watch streams alive through proxies and NAT.
+# Pings keep idle watch streams alive through proxies and NAT. A neighbour that comes back is
+# used again within ~2 s rather than after gRPC's default backoff of up to 2 minutes: meanwhile
+# the edge fails open on rate limits and the router spools usage events.
 CLIENT_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
 

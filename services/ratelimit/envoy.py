@@ -47,6 +47,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import duration_pb2
 
+from services.common import anthropic_errors
 from services.common.errors import InterlockError, RateLimitError, error_body
 from services.ratelimit import metrics
 from services.ratelimit.limiter import Limiter, binding, reset_at
@@ -120,7 +121,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         decision = await self._limiter.decide(scopes, uuid.uuid4().hex, HOLD_SECONDS)
         if decision is None:
             metrics.count_degraded(self._limiter.degraded_allows)
-            return self._degraded(limited, _request_id(request))
+            return self._degraded(limited, request)
         keys = [(scope.name, quota.counter) for scope in scopes for quota in scope.quotas]
         outcomes = dict(zip(keys, decision.outcomes, strict=True))
         out = Response(
@@ -136,7 +137,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                 f"{limit.requests_per_unit} per {_UNIT_WORDS.get(limit.unit, 'minute')}.",
                 retry_after=max(math.ceil(refused.retry_us / MICRO), 1),
             )
-            _refuse(out, error, refused, self._limiter.now_us(), _request_id(request))
+            _refuse(out, error, refused, self._limiter.now_us(), request)
         return out
 
     def _limited(self, domain: str, descriptor: ratelimit_pb2.RateLimitDescriptor, hits: int) -> _Limited | None:
@@ -187,7 +188,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
             return self._rules.ip_rpm
         return self._rules.endpoint_limit(cls or DEFAULT_CLASS)
 
-    def _degraded(self, limited: Sequence[_Limited | None], request_id: str | None) -> Response:
+    def _degraded(self, limited: Sequence[_Limited | None], request: rls_pb2.RateLimitRequest) -> Response:
         """The backend could not decide: the limited descriptors get the limiter's fallback."""
         code = Code.OK if self._limiter.degraded_allows else Code.OVER_LIMIT
         out = Response(
@@ -196,7 +197,7 @@ class EnvoyRateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         )
         if code == Code.OVER_LIMIT:
             error = RateLimitError("Rate limiting is unavailable; try again shortly.", retry_after=1)
-            _refuse(out, error, None, self._limiter.now_us(), request_id)
+            _refuse(out, error, None, self._limiter.now_us(), request)
         return out
 
 
@@ -248,10 +249,25 @@ def _request_id(request: rls_pb2.RateLimitRequest) -> str | None:
     return None
 
 
+def _path(request: rls_pb2.RateLimitRequest) -> str:
+    """The request's path, from the per-IP descriptor that carries it ("" when none does)."""
+    for descriptor in request.descriptors:
+        for entry in descriptor.entries:
+            if entry.key in PATH_KEYS and entry.value:
+                return str(entry.value).partition("?")[0]
+    return ""
+
+
 def _refuse(
-    out: Response, error: InterlockError, outcome: QuotaOutcome | None, now_us: int, request_id: str | None
+    out: Response,
+    error: InterlockError,
+    outcome: QuotaOutcome | None,
+    now_us: int,
+    request: rls_pb2.RateLimitRequest,
 ) -> None:
-    """Envoy's 429 reads like the edge's: its rate-limit headers and public error body."""
+    """Envoy's 429 reads like the edge's: its rate-limit headers and error body, in
+    Anthropic's shape on the Messages API's paths as the edge writes it there."""
+    request_id = _request_id(request)
     headers = [("content-type", "application/json")]
     if request_id is None:
         # Envoy sets x-request-id on every answer from the request's own; only a new one is sent.
@@ -265,4 +281,5 @@ def _refuse(
         ]
     headers.append(("retry-after", str(max(1, round(error.retry_after or 1)))))
     out.response_headers_to_add.extend(base_pb2.HeaderValue(key=key, value=value) for key, value in headers)
-    out.raw_body = orjson.dumps(error_body(error, request_id))
+    shape = anthropic_errors.error_body if anthropic_errors.serves(_path(request)) else error_body
+    out.raw_body = orjson.dumps(shape(error, request_id))

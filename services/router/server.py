@@ -27,9 +27,6 @@ from services.router.usage_emitter import UsageEmitter
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 CATALOG_WAIT_SECONDS = 30.0
-# After the usage service comes back, reconnect within ~2 s rather than gRPC's default of up to 2 min,
-# so the spooled events are replayed promptly.
-USAGE_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 async def build_server(
@@ -46,7 +43,7 @@ async def build_server(
     if settings.warm_tokenizer:
         await asyncio.to_thread(tokens.warm_up)
     catalog_channel = open_channel(settings.catalog_addr)
-    usage_channel = open_channel(settings.usage_addr, USAGE_CHANNEL_OPTIONS)
+    usage_channel = open_channel(settings.usage_addr)
     cache = CatalogCache(catalog_channel, watch_keys=False)
     await cache.start(CATALOG_WAIT_SECONDS)
     # One pooled client for every upstream: connections are reused across requests.

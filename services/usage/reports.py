@@ -30,7 +30,7 @@ USAGE_MAX_DAYS = 366
 CSV_COLUMNS = (
     "key_id", "key_masked", "project", "model", "provider", "day", "hour", "requests", "successful_requests",
     "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "avg_latency_ms",
-    "avg_ttft_ms",
+    "avg_ttft_ms", "avg_quality_score", "evaluated_requests",
 )  # fmt: skip
 
 

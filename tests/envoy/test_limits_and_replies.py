@@ -102,6 +102,27 @@ def test_callers_without_a_key_have_their_own_limit(fronted: FrontedStack) -> No
         assert client.get("/v1/models", headers=fronted.headers()).status_code == 200
 
 
+def test_the_messages_api_is_refused_in_anthropics_shape(fronted: FrontedStack) -> None:
+    """Envoy's 429 on /v1/messages reads like the edge's answers there: Anthropic's shape."""
+    statuses = []
+    with client_for(fronted, source="127.0.0.79") as client:
+        for _ in range(fronted.anonymous_rpm * 2 + 10):
+            reply = client.post("/v1/messages", json={"model": "demo", "max_tokens": 8, "messages": []})
+            statuses.append(reply.status_code)
+            if reply.status_code == 429:
+                break
+            assert reply.json()["type"] == "error", reply.text
+    assert statuses[-1] == 429, statuses
+    body = reply.json()
+    assert set(body) == {"type", "error", "request_id"}
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "anon:" in body["error"]["message"]
+    assert body["request_id"] == reply.headers["x-request-id"]
+    assert int(reply.headers["retry-after"]) >= 1
+    assert "x-ratelimit-limit" in reply.headers
+
+
 def test_internal_paths_are_not_public(fronted: FrontedStack, public: httpx.Client, edge: httpx.Client) -> None:
     assert edge.get("/metrics").status_code == 200
     for path in ("/metrics", "/healthz"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.anthropic.errors import error_body, serves
 from gateway.anthropic.response import message_id, message_to_json, usage_to_json
 from gateway.anthropic.stream import StreamTranslator, frame
 from interlock.router.v1 import router_pb2 as pb
+from services.common.anthropic_errors import error_body, serves
 from services.common.errors import (
     AuthenticationError,
     InterlockError,

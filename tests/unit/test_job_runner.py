@@ -81,3 +81,34 @@ async def test_another_keys_session_or_request_id_is_refused_before_anything_run
     assert info.value.http_status == 409
     assert store.get("req_1") is None and store.get("req_2") is None
     assert store.delete_before(10**15) == 2  # the one session and the taken job: nothing else was left
+
+
+async def test_a_stopping_runner_releases_its_unfinished_jobs_to_the_next(
+    parts: tuple[JobRunner, SqliteJobStore, ManualClock],
+) -> None:
+    runner, store, clock = parts
+    spec = jpb.JobSpec(
+        chat=pb.ChatRequest(model="m", caller=pb.CallerContext(request_id="req_cut", key_id="key_a")),
+    )
+    # The router never answers (nothing listens), so the job is still running when the runner stops.
+    job = await runner.submit(spec, 0)
+    assert job.status in (jpb.JOB_STATUS_QUEUED, jpb.JOB_STATUS_RUNNING)
+    await runner.close()
+    cut_off = store.get("req_cut")
+    assert cut_off is not None and cut_off.status == jpb.JOB_STATUS_RUNNING
+    # The very next runner takes it over: no lease (30 s by default) to wait out.
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    successor = JobRunner(
+        store,
+        router_pb2_grpc.RouterServiceStub(channel),
+        CatalogCache(channel, watch_keys=False),
+        clock,
+        call_timeout_seconds=1,
+        retention_seconds=24 * HOUR,
+    )
+    try:
+        assert await successor.renew_and_adopt() == 1
+        assert await successor.renew_and_adopt() == 0  # now it holds the lease itself
+    finally:
+        await successor.close()
+        await channel.close(grace=None)

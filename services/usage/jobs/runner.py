@@ -1,8 +1,8 @@
 """Runs jobs: stores each before it starts, runs it in the background and lets the
 submitter wait a while for it. A running job holds a lease (its stored update time,
-renewed every lease/3 seconds); a job whose lease lapsed because its runner died or
-stopped is claimed and run again by any runner (this process after a restart, or
-another replica). So a job runs at least once: one cut off mid-call is called again,
+renewed every lease/3 seconds); a job whose lease lapsed because its runner died, or
+that a stopping runner released, is claimed and run again by any runner (this
+process after a restart, or another replica). So a job runs at least once: one cut off mid-call is called again,
 and the ledger, idempotent by request id, still counts it once. A sweeper deletes
 finished jobs and idle sessions past the retention."""
 
@@ -29,6 +29,8 @@ SWEEP_INTERVAL_SECONDS = 300.0
 # A running job's lease: renewed every third of it; lapsed, another runner takes the job over.
 LEASE_SECONDS = 30.0
 CATALOG_WAIT_SECONDS = 30.0
+# A lease renewed at the epoch has lapsed for every runner: the job is free to claim.
+RELEASED_MS = 0
 
 
 class JobRunner:
@@ -63,10 +65,18 @@ class JobRunner:
         ]
 
     async def close(self) -> None:
+        """Stop; jobs cut off here are released, so the next runner (this process restarted,
+        or another replica) takes them over at once instead of after their lease."""
+        cut_off = list(self._running)
         tasks = [*self._running.values(), *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if cut_off:
+            try:
+                await asyncio.to_thread(self._store.touch, cut_off, RELEASED_MS)
+            except InterlockError as exc:
+                log.warning("releasing %d unfinished jobs failed (their lease will lapse): %s", len(cut_off), exc)
 
     async def submit(self, spec: jpb.JobSpec, wait_seconds: float) -> jpb.Job:
         job = self._new_job(spec)

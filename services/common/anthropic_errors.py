@@ -1,4 +1,5 @@
-"""Anthropic's error shape, for the routes that speak its API:
+"""Anthropic's error shape, for the paths that speak its API (the edge, Envoy's
+local replies and the ratelimit service's 429 for Envoy all write it):
 {"type": "error", "error": {"type", "message"}, "request_id"}."""
 
 from __future__ import annotations
