@@ -4,8 +4,9 @@ input) rewritten into the public error shape, as the edge would have written the
 Only local replies pass through local_reply_config, so the edge's and the
 services' answers are never touched. The ratelimit service's 429 comes with its
 own body already in the shape, Anthropic's on the Messages API
-(services/ratelimit/envoy.py), so no mapper matches 429 and that body passes through. On the Messages API's paths the same
-replies are in Anthropic's error shape, as the edge writes them there.
+(services/ratelimit/envoy.py), so no mapper matches 429 and that body passes
+through. On the Messages API's paths the other replies are in Anthropic's error
+shape too, as the edge writes them there.
 """
 
 from __future__ import annotations
