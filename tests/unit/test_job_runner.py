@@ -4,6 +4,7 @@ Running jobs needs the router: tests/test_e2e_execute.py and test_e2e_agents.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,19 +84,29 @@ async def test_another_keys_session_or_request_id_is_refused_before_anything_run
     assert store.delete_before(10**15) == 2  # the one session and the taken job: nothing else was left
 
 
+@pytest.mark.parametrize("started", [False, True], ids=["stopped-at-once", "stopped-mid-call"])
 async def test_a_stopping_runner_releases_its_unfinished_jobs_to_the_next(
-    parts: tuple[JobRunner, SqliteJobStore, ManualClock],
+    parts: tuple[JobRunner, SqliteJobStore, ManualClock], started: bool
 ) -> None:
     runner, store, clock = parts
     spec = jpb.JobSpec(
         chat=pb.ChatRequest(model="m", caller=pb.CallerContext(request_id="req_cut", key_id="key_a")),
     )
-    # The router never answers (nothing listens), so the job is still running when the runner stops.
+    # The router never answers (nothing listens; the call waits for it up to 1 s), so the
+    # job is unfinished when the runner stops.
     job = await runner.submit(spec, 0)
     assert job.status in (jpb.JOB_STATUS_QUEUED, jpb.JOB_STATUS_RUNNING)
+    for _ in range(200 if started else 0):
+        stored = store.get("req_cut")
+        if stored is not None and stored.status == jpb.JOB_STATUS_RUNNING:
+            break
+        await asyncio.sleep(0.005)
+    else:
+        assert not started, "the job never started"
     await runner.close()
     cut_off = store.get("req_cut")
-    assert cut_off is not None and cut_off.status == jpb.JOB_STATUS_RUNNING
+    # Cut off before it finished, whether or not it had got as far as running.
+    assert cut_off is not None and cut_off.status in (jpb.JOB_STATUS_QUEUED, jpb.JOB_STATUS_RUNNING)
     # The very next runner takes it over: no lease (30 s by default) to wait out.
     channel = grpc.aio.insecure_channel("127.0.0.1:9")
     successor = JobRunner(

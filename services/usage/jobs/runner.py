@@ -56,6 +56,8 @@ class JobRunner:
         self._lease = max(lease_seconds, 0.3)  # renewed every third: never a busy loop
         self._running: dict[str, asyncio.Task[jpb.Job]] = {}
         self._background: list[asyncio.Task[None]] = []
+        # Saves in flight: a cancelled job's save still runs to the end in its thread.
+        self._saving: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Start renewing leases and adopting lapsed ones, and the sweeper."""
@@ -72,6 +74,8 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A save landing after the release would renew the lease it gave up.
+        await asyncio.gather(*self._saving, return_exceptions=True)
         if cut_off:
             try:
                 await asyncio.to_thread(self._store.touch, cut_off, RELEASED_MS)
@@ -199,7 +203,10 @@ class JobRunner:
 
     async def _save(self, job: jpb.Job) -> None:
         job.update_time.FromMilliseconds(self._now_ms())
-        await asyncio.to_thread(self._store.save, job)
+        saving = asyncio.ensure_future(asyncio.to_thread(self._store.save, job))
+        self._saving.add(saving)
+        saving.add_done_callback(self._saving.discard)
+        await asyncio.shield(saving)
 
     async def renew_and_adopt(self) -> int:
         """Renew the leases of this runner's jobs; claim and run the jobs whose lease lapsed.
