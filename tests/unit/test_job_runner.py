@@ -23,13 +23,8 @@ from services.usage.jobs.sqlite import SqliteJobStore
 HOUR = 3600.0
 
 
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, SqliteJobStore, ManualClock]]:
-    # Nothing listens on this channel: these tests must never reach the router.
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    store = SqliteJobStore(tmp_path / "jobs.db")
-    clock = ManualClock()
-    runner = JobRunner(
+def runner_on(store: SqliteJobStore, clock: ManualClock, channel: grpc.aio.Channel) -> JobRunner:
+    return JobRunner(
         store,
         router_pb2_grpc.RouterServiceStub(channel),
         CatalogCache(channel, watch_keys=False),
@@ -37,6 +32,15 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, SqliteJobStore
         call_timeout_seconds=1,
         retention_seconds=24 * HOUR,
     )
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[JobRunner, SqliteJobStore, ManualClock]]:
+    # Nothing listens on this channel: a job's router call waits for it until the call times out.
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    clock = ManualClock()
+    runner = runner_on(store, clock, channel)
     yield runner, store, clock
     await runner.close()
     store.close()
@@ -109,14 +113,7 @@ async def test_a_stopping_runner_releases_its_unfinished_jobs_to_the_next(
     assert cut_off is not None and cut_off.status in (jpb.JOB_STATUS_QUEUED, jpb.JOB_STATUS_RUNNING)
     # The very next runner takes it over: no lease (30 s by default) to wait out.
     channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    successor = JobRunner(
-        store,
-        router_pb2_grpc.RouterServiceStub(channel),
-        CatalogCache(channel, watch_keys=False),
-        clock,
-        call_timeout_seconds=1,
-        retention_seconds=24 * HOUR,
-    )
+    successor = runner_on(store, clock, channel)
     try:
         assert await successor.renew_and_adopt() == 1
         assert await successor.renew_and_adopt() == 0  # now it holds the lease itself
