@@ -16,7 +16,6 @@ from services.common.errors import (
     InterlockError,
     InvalidRequestError,
     NotFoundError,
-    error_body,
     from_rpc_error,
 )
 
@@ -28,12 +27,10 @@ def error_response(error: InterlockError, request_id: str, path: str = "") -> Re
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    anthropic = anthropic_errors.serves(path)
-    if anthropic:
+    if anthropic_errors.serves(path):
         headers["request-id"] = request_id  # where Anthropic's SDKs look for it
-    body = anthropic_errors.error_body(error, request_id) if anthropic else error_body(error, request_id)
     return Response(
-        orjson.dumps(body),
+        orjson.dumps(anthropic_errors.error_body_for(path, error, request_id)),
         status_code=error.http_status,
         media_type="application/json",
         headers=headers,

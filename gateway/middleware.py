@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
 from services.common import anthropic_errors
-from services.common.errors import ServerError, error_body
+from services.common.errors import ServerError
 
 log = logging.getLogger(__name__)
 # Accept a caller's request id only when it is short and plain, so logs stay clean.
@@ -55,8 +55,7 @@ class EdgeMiddleware:
                 raise  # too late for a clean answer; the server closes the connection
             error = ServerError("The server had an error while processing your request.")
             # The Messages API's clients read Anthropic's shape, even for our own failures.
-            shape = anthropic_errors.error_body if anthropic_errors.serves(scope.get("path", "")) else error_body
-            body = orjson.dumps(shape(error, request_id))
+            body = orjson.dumps(anthropic_errors.error_body_for(scope.get("path", ""), error, request_id))
             await send_with_headers(
                 {
                     "type": "http.response.start",

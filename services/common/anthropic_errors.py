@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.errors import InterlockError
+from services.common.errors import error_body as public_error_body
 
 PATH = "/v1/messages"
 # Our statuses keep their meaning; only the type names are Anthropic's.
@@ -41,3 +42,10 @@ def error_body(error: InterlockError, request_id: str) -> dict[str, Any]:
         "error": {"type": error_type(error), "message": error.message},
         "request_id": request_id,
     }
+
+
+def error_body_for(path: str, error: InterlockError, request_id: str) -> dict[str, Any]:
+    """The error as a request on this path should read it: Anthropic's shape on the
+    Messages API, the public shape everywhere else."""
+    shape = error_body if serves(path) else public_error_body
+    return shape(error, request_id)

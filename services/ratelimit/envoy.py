@@ -48,7 +48,7 @@ from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import duration_pb2
 
 from services.common import anthropic_errors
-from services.common.errors import InterlockError, RateLimitError, error_body
+from services.common.errors import InterlockError, RateLimitError
 from services.ratelimit import metrics
 from services.ratelimit.limiter import Limiter, binding, reset_at
 from services.ratelimit.policy import DEFAULT_CLASS, Rules, anonymous_quotas, endpoint_class, ip_quotas
@@ -281,5 +281,4 @@ def _refuse(
         ]
     headers.append(("retry-after", str(max(1, round(error.retry_after or 1)))))
     out.response_headers_to_add.extend(base_pb2.HeaderValue(key=key, value=value) for key, value in headers)
-    shape = anthropic_errors.error_body if anthropic_errors.serves(_path(request)) else error_body
-    out.raw_body = orjson.dumps(shape(error, request_id))
+    out.raw_body = orjson.dumps(anthropic_errors.error_body_for(_path(request), error, request_id))

@@ -7,7 +7,7 @@ import pytest
 from gateway.anthropic.response import message_id, message_to_json, usage_to_json
 from gateway.anthropic.stream import StreamTranslator, frame
 from interlock.router.v1 import router_pb2 as pb
-from services.common.anthropic_errors import error_body, serves
+from services.common.anthropic_errors import error_body, error_body_for, serves
 from services.common.errors import (
     AuthenticationError,
     InterlockError,
@@ -192,3 +192,10 @@ def test_error_shape(error: InterlockError, kind: str) -> None:
 def test_only_the_messages_paths_speak_anthropic() -> None:
     assert serves("/v1/messages") and serves("/v1/messages/count_tokens") and serves("/v1/messages/batches")
     assert not serves("/v1/messagesx") and not serves("/v1/chat/completions") and not serves("")
+
+
+def test_the_shape_follows_the_path() -> None:
+    error = RateLimitError("slow down")
+    assert error_body_for("/v1/messages", error, "req_1") == error_body(error, "req_1")
+    public = error_body_for("/v1/chat/completions", error, "req_1")
+    assert public["error"]["code"] == "rate_limit_exceeded" and public["status"] == 429
