@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.gateway_targets import (
-    CHAT_BODY,
     REPO,
     Target,
     install_litellm,
@@ -44,7 +43,6 @@ from bench.gateway_targets import (
     tree_pss_mib,
 )
 from bench.harness import markdown_table
-from bench.loadgen import LoadSpec
 
 
 @dataclass(frozen=True)
@@ -77,16 +75,8 @@ GOALS = [
 
 def run_once(target: Target, mock: Target, scenario: Scenario, seconds: float, warmup: float) -> dict[str, Any]:
     """One loadgen run of scenario against target, with the target's and the mock's CPU and memory."""
-    body = {**CHAT_BODY, "model": target.chat_model, **({"stream": True} if scenario.stream else {})}
-    spec = LoadSpec(
-        url=target.base_url + "/v1/chat/completions",
-        body=json.dumps(body),
-        headers=target.headers,
-        stream=scenario.stream,
-        connections=scenario.connections,
-        rate=scenario.rate,
-        seconds=seconds,
-        warmup=warmup,
+    spec = target.chat_load(
+        stream=scenario.stream, connections=scenario.connections, rate=scenario.rate, seconds=seconds, warmup=warmup
     )
     pids = [] if target is mock else target.pids()
     mock_pids = mock.pids()

@@ -21,6 +21,7 @@ from typing import IO
 import yaml
 
 from bench.harness import cpu_seconds, peak_rss_kib
+from bench.loadgen import LoadSpec
 from services.common.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,6 +114,22 @@ class Target:
 
     def pids(self) -> list[int]:
         return tree_pids(self.process.pid) if self.process is not None else []
+
+    def chat_load(
+        self, *, stream: bool, connections: int, seconds: float, warmup: float, rate: float = 0.0
+    ) -> LoadSpec:
+        """The benchmark's chat request against this target, as a load run."""
+        body = {**CHAT_BODY, "model": self.chat_model, **({"stream": True} if stream else {})}
+        return LoadSpec(
+            url=self.base_url + "/v1/chat/completions",
+            body=json.dumps(body),
+            headers=self.headers,
+            stream=stream,
+            connections=connections,
+            rate=rate,
+            seconds=seconds,
+            warmup=warmup,
+        )
 
     def log_text(self) -> str:
         if self.log is None:

@@ -24,9 +24,8 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.gateway_targets import CHAT_BODY, REPO, start_interlock, start_mock, tree_cpu_seconds, tree_pids
+from bench.gateway_targets import REPO, start_interlock, start_mock, tree_cpu_seconds, tree_pids
 from bench.harness import markdown_table
-from bench.loadgen import LoadSpec
 
 # First match wins: a frame's file path fragment → the layer it belongs to.
 LAYERS: list[tuple[str, str]] = [
@@ -116,16 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         assert interlock.process is not None
         names = _process_names(interlock.process.pid)
-        body = {**CHAT_BODY, "model": interlock.chat_model, **({"stream": True} if args.stream else {})}
-        spec = LoadSpec(
-            url=interlock.base_url + "/v1/chat/completions",
-            body=json.dumps(body),
-            headers=interlock.headers,
-            stream=args.stream,
-            connections=args.connections,
-            seconds=args.seconds,
-            warmup=2.0,
-        )
+        spec = interlock.chat_load(stream=args.stream, connections=args.connections, seconds=args.seconds, warmup=2.0)
         load = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen", "--spec", json.dumps(asdict(spec))],
             stdout=subprocess.PIPE,
