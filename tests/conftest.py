@@ -10,13 +10,12 @@ from uuid import uuid4
 import openai
 import psycopg
 import pytest
-import yaml
 from psycopg import sql
 
 from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.keystore import PG_URL
-from tests.support.stack import Stack, free_port, start_stack, stop_stack
+from tests.support.stack import Stack, free_port, stack_on_catalog
 
 UPSTREAM_KEY = "sk-upstream-test-key"
 GEMINI_KEY = "gemini-e2e-key"
@@ -106,25 +105,18 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
-    config = root / "catalog.yaml"
-    config.write_text(yaml.safe_dump(catalog_for(fake_upstream)))
-    running = start_stack(
-        root / "data",
-        config=config,
-        env={
-            "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
-            "INTERLOCK_DEMO_TOKEN_DELAY_MS": str(DEMO_TOKEN_DELAY_MS),
-            "INTERLOCK_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-            # Shared by many tests: keep failures from one test out of the next. The breaker and
-            # backoff have their own tests with their own stacks.
-            "INTERLOCK_ROUTER_BREAKER_FAILURES": "1000",
-            "INTERLOCK_ROUTER_BACKOFF_BASE_MS": "5",
-            "INTERLOCK_ROUTER_BACKOFF_MAX_MS": "20",
-        },
-    )
-    yield running
-    assert stop_stack(running) == 0, running.logs()
+    env = {
+        "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
+        "INTERLOCK_DEMO_TOKEN_DELAY_MS": str(DEMO_TOKEN_DELAY_MS),
+        "INTERLOCK_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        # Shared by many tests: keep failures from one test out of the next. The breaker and
+        # backoff have their own tests with their own stacks.
+        "INTERLOCK_ROUTER_BREAKER_FAILURES": "1000",
+        "INTERLOCK_ROUTER_BACKOFF_BASE_MS": "5",
+        "INTERLOCK_ROUTER_BACKOFF_MAX_MS": "20",
+    }
+    with stack_on_catalog(tmp_path_factory.mktemp("stack"), catalog_for(fake_upstream), env) as running:
+        yield running
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import httpx
 import openai
 import orjson
 import pytest
-import yaml
 
 from tests.support.fake_anthropic import FakeAnthropic, error_body
 from tests.support.openai_schema import validate
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import Stack, stack_on_catalog
 
 pytestmark = pytest.mark.e2e
 KEY = "sk-ant-e2e-key"
@@ -63,13 +62,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 },
             ],
         }
-        config = root / "catalog.yaml"
-        config.write_text(yaml.safe_dump(catalog))
-        stack = start_stack(root / "data", config=config, env={"E2E_ANTHROPIC_KEY": KEY})
-        try:
+        with stack_on_catalog(root, catalog, {"E2E_ANTHROPIC_KEY": KEY}) as stack:
             yield Env(stack, fake)
-        finally:
-            assert stop_stack(stack) == 0, stack.logs()
 
 
 @pytest.fixture

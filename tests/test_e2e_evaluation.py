@@ -16,13 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from interlock.usage.v1 import usage_pb2
 from tests.support.browser import PageWatch, chromium_context, require_chromium
 from tests.support.fake_judge import FakeJudge
 from tests.support.limits import auth, create_key_record, create_project
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import Stack, stack_on_catalog
 
 pytestmark = pytest.mark.e2e
 UPSTREAM_KEY = "sk-judge-test"
@@ -71,12 +70,10 @@ def judge() -> Iterator[FakeJudge]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, judge: FakeJudge) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("evaluation")
-    config = root / "catalog.yaml"
-    config.write_text(yaml.safe_dump(_catalog(judge)))
-    running = start_stack(root / "data", config=config, env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY})
-    yield running
-    assert stop_stack(running) == 0, running.logs()
+    with stack_on_catalog(
+        tmp_path_factory.mktemp("evaluation"), _catalog(judge), {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}
+    ) as running:
+        yield running
 
 
 @pytest.fixture

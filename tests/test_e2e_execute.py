@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import UPSTREAM_KEY, catalog_for
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.limits import create_key
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import Stack, stack_on_catalog
 
 WAIT_SECONDS = 0.5
 SLOW_SECONDS = 1.5
@@ -38,21 +37,14 @@ def slow_fake() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="module")
 def jobs_stack(tmp_path_factory: pytest.TempPathFactory, slow_fake: FakeOpenAI) -> Iterator[Stack]:
     """A stack whose edge waits only WAIT_SECONDS for a job before answering with a requestId."""
-    root = tmp_path_factory.mktemp("jobs")
-    config = root / "catalog.yaml"
-    config.write_text(yaml.safe_dump(catalog_for(slow_fake)))
-    running = start_stack(
-        root / "data",
-        config=config,
-        env={
-            "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
-            "INTERLOCK_EDGE_EXECUTE_WAIT_SECONDS": str(WAIT_SECONDS),
-            # A job whose runner died is taken over after this long.
-            "INTERLOCK_JOBS_LEASE_SECONDS": str(LEASE_SECONDS),
-        },
-    )
-    yield running
-    assert stop_stack(running) == 0, running.logs()
+    env = {
+        "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
+        "INTERLOCK_EDGE_EXECUTE_WAIT_SECONDS": str(WAIT_SECONDS),
+        # A job whose runner died is taken over after this long.
+        "INTERLOCK_JOBS_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    with stack_on_catalog(tmp_path_factory.mktemp("jobs"), catalog_for(slow_fake), env) as running:
+        yield running
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ import httpx
 import openai
 import orjson
 import pytest
-import yaml
 
 from tests.conftest import GEMINI_KEY
 from tests.support.fake_gemini import TOOL_ARGS, FakeGemini
 from tests.support.openai_schema import validate
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import Stack, stack_on_catalog
 
 pytestmark = pytest.mark.e2e
 KEY_ENV = "INTERLOCK_TEST_GEMINI_KEY"
@@ -54,11 +53,8 @@ def gemini_stack(tmp_path_factory: pytest.TempPathFactory, gemini_fake: FakeGemi
              "deployments": [{"provider": "gem", "model": "gemini-embed-up"}]},
         ],
     }  # fmt: skip
-    root = tmp_path_factory.mktemp("gemini")
-    (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    stack = start_stack(root / "data", config=root / "catalog.yaml", env={KEY_ENV: GEMINI_KEY})
-    yield stack
-    assert stop_stack(stack) == 0, stack.logs()
+    with stack_on_catalog(tmp_path_factory.mktemp("gemini"), catalog, {KEY_ENV: GEMINI_KEY}) as stack:
+        yield stack
 
 
 @pytest.fixture

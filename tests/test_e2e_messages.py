@@ -14,7 +14,6 @@ import anthropic
 import httpx
 import orjson
 import pytest
-import yaml
 
 from interlock.router.v1 import router_pb2 as pb
 from services.common import tokens
@@ -22,7 +21,7 @@ from tests.conftest import GEMINI_KEY
 from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.limits import create_key
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import Stack, stack_on_catalog
 
 pytestmark = pytest.mark.e2e
 HI: list[Any] = [{"role": "user", "content": "hi there"}]
@@ -305,11 +304,8 @@ def gemini_stack(tmp_path_factory: pytest.TempPathFactory, gemini_fake: FakeGemi
              "deployments": [{"provider": "gem", "model": "gemini-up"}]},
         ],
     }  # fmt: skip
-    root = tmp_path_factory.mktemp("messages-gemini")
-    (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    stack = start_stack(root / "data", config=root / "catalog.yaml", env={GEMINI_KEY_ENV: GEMINI_KEY})
-    yield stack
-    assert stop_stack(stack) == 0, stack.logs()
+    with stack_on_catalog(tmp_path_factory.mktemp("messages-gemini"), catalog, {GEMINI_KEY_ENV: GEMINI_KEY}) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -203,3 +207,17 @@ def stop_stack(stack: Stack) -> int:
     if stack.process.poll() is None:
         stack.process.send_signal(signal.SIGTERM)
     return stack.process.wait(30)
+
+
+@contextlib.contextmanager
+def stack_on_catalog(root: Path, catalog: Mapping[str, Any], env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A stack serving this catalog, its files under root; it must stop cleanly afterwards."""
+    config = root / "catalog.yaml"
+    config.write_text(yaml.safe_dump(dict(catalog)))
+    stack = start_stack(root / "data", config=config, env=env)
+    try:
+        yield stack
+    except BaseException:
+        stop_stack(stack)
+        raise
+    assert stop_stack(stack) == 0, stack.logs()
