@@ -402,3 +402,211 @@ class SettleBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleBatchResponse: _TypeAlias = SettleBatchResponse  # noqa: Y015
+
+@_typing.final
+class Bucket(_message.Message):
+    """One counter of one scope: what a lease is held on. The service answers these in
+    LeaseResponse.shapes; the holder sends them back unchanged in its claims.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    INTERVAL_US_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    """The scope, such as key:k_123, project:search or ip:10.0.0.1."""
+    counter: _builtins.str
+    """The counter inside the scope, such as r, t, r:chat or b:2026-11."""
+    kind: Global___QuotaKind.ValueType
+    name: _builtins.str
+    """Public name, such as key:requests or ip:chat:requests (for headers and refusals)."""
+    limit: _builtins.int
+    """Capacity (requests, tokens) or cap (budget, billionths of a USD)."""
+    interval_us: _builtins.int
+    """Rate buckets: microseconds for one unit to drip back; 0 for budgets."""
+    period_end: _builtins.int
+    """Budgets: Unix seconds when the period ends (0: never)."""
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        counter: _builtins.str = ...,
+        kind: Global___QuotaKind.ValueType = ...,
+        name: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        interval_us: _builtins.int = ...,
+        period_end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "interval_us", b"interval_us", "kind", b"kind", "limit", b"limit", "name", b"name", "period_end", b"period_end", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bucket: _TypeAlias = Bucket  # noqa: Y015
+
+@_typing.final
+class LeaseRequest(_message.Message):
+    """Request for RateLimitService.Lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDER_FIELD_NUMBER: _builtins.int
+    SHAPES_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    holder: _builtins.str
+    """The holder: one edge process, unique per process start (a random id)."""
+    @_builtins.property
+    def shapes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckRequest]:
+        """Request shapes (checks as a request would send them; reserve fields unused) whose
+        buckets the holder wants to know, answered in LeaseResponse.shapes in this order.
+        """
+
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseClaim]:
+        """Leases to take, renew or give back, answered in LeaseResponse.leases in this order."""
+
+    def __init__(
+        self,
+        *,
+        holder: _builtins.str = ...,
+        shapes: _abc.Iterable[Global___CheckRequest] | None = ...,
+        claims: _abc.Iterable[Global___LeaseClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims", "holder", b"holder", "shapes", b"shapes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRequest: _TypeAlias = LeaseRequest  # noqa: Y015
+
+@_typing.final
+class LeaseClaim(_message.Message):
+    """One bucket's lease: what was used of the previous grant, and what is wanted next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    WANT_FIELD_NUMBER: _builtins.int
+    used: _builtins.int
+    """Units used since the holder's last report on this bucket, net of refunds (negative
+    gives units back). Whatever of the previous grant is not reported used returns to
+    the bucket now.
+    """
+    want: _builtins.int
+    """Units wanted for the next lease; 0 gives the lease back."""
+    @_builtins.property
+    def bucket(self) -> Global___Bucket: ...
+    def __init__(
+        self,
+        *,
+        bucket: Global___Bucket | None = ...,
+        used: _builtins.int = ...,
+        want: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "used", b"used", "want", b"want"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseClaim: _TypeAlias = LeaseClaim  # noqa: Y015
+
+@_typing.final
+class ShapeBuckets(_message.Message):
+    """The buckets a request of one shape draws from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]: ...
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___Bucket] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShapeBuckets: _TypeAlias = ShapeBuckets  # noqa: Y015
+
+@_typing.final
+class BucketLease(_message.Message):
+    """The answer to one LeaseClaim."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTED_FIELD_NUMBER: _builtins.int
+    LEASABLE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    granted: _builtins.int
+    """Units granted, valid for LeaseResponse.ttl_ms counted from before the request was
+    sent; 0 when nothing is left to lease (ask per request).
+    """
+    leasable: _builtins.bool
+    """False when the bucket is too small to split: requests drawing from it are always
+    checked per request.
+    """
+    @_builtins.property
+    def state(self) -> Global___QuotaState:
+        """The bucket after this call, for response headers; remaining excludes all grants."""
+
+    def __init__(
+        self,
+        *,
+        granted: _builtins.int = ...,
+        leasable: _builtins.bool = ...,
+        state: Global___QuotaState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "leasable", b"leasable", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BucketLease: _TypeAlias = BucketLease  # noqa: Y015
+
+@_typing.final
+class LeaseResponse(_message.Message):
+    """Response of RateLimitService.Lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHAPES_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    ttl_ms: _builtins.int
+    """How long the grants of this call are valid, in milliseconds."""
+    degraded: _builtins.bool
+    """True when the backend failed: nothing was granted or reported; keep asking per request."""
+    @_builtins.property
+    def shapes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShapeBuckets]: ...
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___BucketLease]: ...
+    def __init__(
+        self,
+        *,
+        shapes: _abc.Iterable[Global___ShapeBuckets] | None = ...,
+        leases: _abc.Iterable[Global___BucketLease] | None = ...,
+        ttl_ms: _builtins.int = ...,
+        degraded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "leases", b"leases", "shapes", b"shapes", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseResponse: _TypeAlias = LeaseResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class RateLimitServiceStub:
                 request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/interlock.ratelimit.v1.RateLimitService/Lease',
+                request_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseResponse.FromString,
+                _registered_method=True)
 
 
 class RateLimitServiceServicer:
@@ -98,6 +103,17 @@ class RateLimitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lease(self, request, context):
+        """Quota leases: units taken from the real buckets ahead of time for one holder (an edge
+        process), so it admits requests locally instead of calling Check for each. One call
+        resolves new request shapes into their buckets and takes, renews or gives back the
+        leases of many buckets. The escrow rule: per bucket, balance plus outstanding grants
+        never exceed its capacity, so leases never admit more than the limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RateLimitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +136,11 @@ def add_RateLimitServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.FromString,
                     response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseRequest.FromString,
+                    response_serializer=interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +256,33 @@ class RateLimitService:
             '/interlock.ratelimit.v1.RateLimitService/GetStats',
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsRequest.SerializeToString,
             interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.ratelimit.v1.RateLimitService/Lease',
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseRequest.SerializeToString,
+            interlock_dot_ratelimit_dot_v1_dot_ratelimit__pb2.LeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,13 @@ class RateLimitServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]
     """Counters of decisions and of backend failures since the process started."""
+    Lease: _grpc.UnaryUnaryMultiCallable[_ratelimit_pb2.LeaseRequest, _ratelimit_pb2.LeaseResponse]
+    """Quota leases: units taken from the real buckets ahead of time for one holder (an edge
+    process), so it admits requests locally instead of calling Check for each. One call
+    resolves new request shapes into their buckets and takes, renews or gives back the
+    leases of many buckets. The escrow rule: per bucket, balance plus outstanding grants
+    never exceed its capacity, so leases never admit more than the limit.
+    """
 
 @_typing.type_check_only
 class RateLimitServiceAsyncStub(RateLimitServiceStub):
@@ -69,6 +76,13 @@ class RateLimitServiceAsyncStub(RateLimitServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.GetStatsRequest, _ratelimit_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters of decisions and of backend failures since the process started."""
+    Lease: _aio.UnaryUnaryMultiCallable[_ratelimit_pb2.LeaseRequest, _ratelimit_pb2.LeaseResponse]  # type: ignore[assignment]
+    """Quota leases: units taken from the real buckets ahead of time for one holder (an edge
+    process), so it admits requests locally instead of calling Check for each. One call
+    resolves new request shapes into their buckets and takes, renews or gives back the
+    leases of many buckets. The escrow rule: per bucket, balance plus outstanding grants
+    never exceed its capacity, so leases never admit more than the limit.
+    """
 
 class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
     """RateLimitService decides whether a request may proceed. One Check looks at
@@ -111,5 +125,18 @@ class RateLimitServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ratelimit_pb2.GetStatsResponse, _abc.Awaitable[_ratelimit_pb2.GetStatsResponse]]:
         """Counters of decisions and of backend failures since the process started."""
+
+    @_abc_1.abstractmethod
+    def Lease(
+        self,
+        request: _ratelimit_pb2.LeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ratelimit_pb2.LeaseResponse, _abc.Awaitable[_ratelimit_pb2.LeaseResponse]]:
+        """Quota leases: units taken from the real buckets ahead of time for one holder (an edge
+        process), so it admits requests locally instead of calling Check for each. One call
+        resolves new request shapes into their buckets and takes, renews or gives back the
+        leases of many buckets. The escrow rule: per bucket, balance plus outstanding grants
+        never exceed its capacity, so leases never admit more than the limit.
+        """
 
 def add_RateLimitServiceServicer_to_server(servicer: RateLimitServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
