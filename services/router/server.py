@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -29,12 +31,39 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 CATALOG_WAIT_SECONDS = 30.0
 
 
+@dataclass
+class Router:
+    """A wired router: its servicer, ready to serve over gRPC (build_server) or in the
+    edge's own process through an in-process channel (co-located mode), and what closes it."""
+
+    servicer: RouterServicer
+    registrations: list[Registration]
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            await cleanup()
+
+
 async def build_server(
     settings: RouterSettings,
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GrpcService:
+    """The router as its own gRPC service (microservices mode)."""
+    router = await build_router(settings, clock=clock, transport=transport)
+    service = create_server(settings.listen, router.registrations)
+    service.cleanups.append(router.close)
+    return service
+
+
+async def build_router(
+    settings: RouterSettings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Router:
     """Wire the router; transport lets tests hand httpx a different real transport."""
     clock = clock or SystemClock()
     # First, so a second process on the same spool file fails fast with a clear message.
@@ -89,9 +118,6 @@ async def build_server(
     )
     runner = AttemptRunner(adapters, breakers, stats, policy, clock)
     servicer = RouterServicer(planner, runner, breakers, emitter, clock, evaluations=evaluations)
-    service = create_server(
-        settings.listen, [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)]
-    )
 
     async def close() -> None:
         # Evaluations first: their judge calls emit usage events and scores.
@@ -105,5 +131,8 @@ async def build_server(
         await asyncio.to_thread(spool.close)
         await asyncio.to_thread(score_spool.close)
 
-    service.cleanups.append(close)
-    return service
+    return Router(
+        servicer,
+        [Registration(router_pb2_grpc.add_RouterServiceServicer_to_server, servicer, SERVICE_NAME)],
+        [close],
+    )
