@@ -19,7 +19,7 @@ from services.router.attempts import AttemptRunner, RetryPolicy
 from services.router.breaker import CircuitBreakers
 from services.router.evaluation.runner import Evaluations
 from services.router.evaluation.score_emitter import ScoreEmitter
-from services.router.providers.pool import PooledTransport
+from services.router.providers.pool import PooledTransport, ProviderClient
 from services.router.providers.registry import build_adapters
 from services.router.routing import Planner
 from services.router.servicer import RouterServicer
@@ -76,7 +76,7 @@ async def build_router(
     cache = CatalogCache(catalog_channel, watch_keys=False)
     await cache.start(CATALOG_WAIT_SECONDS)
     # One pooled client for every upstream: connections are reused across requests.
-    http = httpx.AsyncClient(
+    http = ProviderClient(
         transport=transport or PooledTransport(max_idle_per_origin=200, keepalive_expiry=60),
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
         timeout=httpx.Timeout(60.0, connect=5.0),

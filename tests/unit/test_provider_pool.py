@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvloop
 
-from services.router.providers.pool import HIGH_WATER, PooledTransport
+from services.router.providers.pool import HIGH_WATER, PooledTransport, ProviderClient
 
 Case = Callable[[httpx.AsyncClient], Awaitable[None]]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
@@ -249,3 +249,56 @@ def test_timeouts_and_broken_answers_are_httpx_errors(run: Callable[[Case], None
 
 def test_a_response_closed_early_is_not_reused(run: Callable[[Case], None]) -> None:
     run(_a_response_closed_early_is_not_reused)
+
+
+async def _the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx(client: httpx.AsyncClient) -> None:
+    """PooledTransport.post, the plain JSON path post_json takes: same connections and errors."""
+    pooled = ProviderClient(transport=PooledTransport())
+    assert pooled.pooled is not None
+    headers = {**pooled.default_headers, "authorization": "Bearer k"}
+
+    async def second_drops(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 3:
+            return False  # an idle connection the provider dropped
+        writer.write(ok(b'{"n": %d}' % n, b"Retry-After: 7\r\n"))
+        await writer.drain()
+        return True
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        body = gzip.compress(b'{"whole": true}')
+        writer.write(ok(body, b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+        return True
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    try:
+        async with Server(second_drops) as server:
+            for n in (1, 2):
+                answer = await pooled.pooled.post(server.url, headers, b'{"a": 1}', 2.0)
+                assert (answer.status, answer.content) == (200, b'{"n": %d}' % n)
+                assert answer.header(b"retry-after") == "7" and answer.header(b"x-absent") is None
+            assert server.connections == 1
+            first = server.requests[0]
+            assert first.startswith(b"POST /v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+            assert b"\r\nContent-Length: 8\r\n" in first and b"authorization: Bearer k" in first
+            assert b"user-agent: python-httpx" in first and first.endswith(b'\r\n\r\n{"a": 1}')
+            # The third request meets the dropped connection: sent again on a fresh one.
+            assert (await pooled.pooled.post(server.url, headers, b"{}", 2.0)).status == 200
+            assert server.connections == 2
+        async with Server(gzipped) as server:
+            assert (await pooled.pooled.post(server.url, headers, b"{}", 2.0)).content == b'{"whole": true}'
+        async with Server(silent) as server:
+            with pytest.raises(httpx.ReadTimeout):
+                await pooled.pooled.post(server.url, headers, b"{}", 0.2)
+            port = server.port
+        with pytest.raises(httpx.ConnectError):
+            await pooled.pooled.post(f"http://127.0.0.1:{port}/", headers, b"{}", 1.0)
+    finally:
+        await pooled.aclose()
+
+
+def test_the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx(run: Callable[[Case], None]) -> None:
+    run(_the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx)

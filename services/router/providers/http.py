@@ -11,6 +11,7 @@ import orjson
 
 from services.common.errors import InterlockError, InvalidRequestError, UpstreamError
 from services.router.providers.base import Target
+from services.router.providers.pool import ProviderClient
 
 # (status, body, provider id, Retry-After) -> the client-facing error. Each provider brings its own:
 # each words its error bodies, and uses its statuses, differently.
@@ -85,16 +86,32 @@ async def post_json(
     on_error: ErrorMapper,
 ) -> Any:
     """POST `body` as JSON and return the decoded answer; `headers` are all the request sends."""
+    timeout = target.provider.timeout_seconds or 60.0
+    if isinstance(client, ProviderClient) and client.pooled is not None:
+        try:
+            raw = await client.pooled.post(
+                url,
+                {**client.default_headers, **{k.lower(): v for k, v in headers.items()}},
+                orjson.dumps(body),
+                timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, target.provider.id) from exc
+        if raw.status >= 400:
+            raise on_error(raw.status, raw.content, target.provider.id, raw.header(b"retry-after"))
+        return _decoded_json(raw.content, target)
     try:
-        response = await client.post(
-            url, content=orjson.dumps(body), headers=headers, timeout=target.provider.timeout_seconds or 60.0
-        )
+        response = await client.post(url, content=orjson.dumps(body), headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         raise transport_error(exc, target.provider.id) from exc
     if response.status_code >= 400:
         raise on_error(response.status_code, response.content, target.provider.id, response.headers.get("retry-after"))
+    return _decoded_json(response.content, target)
+
+
+def _decoded_json(content: bytes, target: Target) -> Any:
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise _invalid_json(target.provider.id) from exc
 

@@ -21,8 +21,8 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Mapping
+from typing import NamedTuple, cast
 
 import httptools
 import httpx
@@ -240,11 +240,40 @@ class PooledTransport(httpx.AsyncBaseTransport):
         url = request.url
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         data = _request_bytes(request, await request.aread())
+        connection, status, headers = await self._exchange(key, data, timeouts.get("connect"), timeouts.get("read"))
+        body = _Body(connection, self, key, timeouts.get("read"))
+        return httpx.Response(status, headers=headers, stream=body, extensions={"http_version": b"HTTP/1.1"})
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, seconds: float) -> RawResponse:
+        """POST and read the whole answer, without building httpx's request and response
+        objects (a third of the router's CPU on a plain JSON call); the same connections,
+        retry of a stale one, timeouts (each read within `seconds`) and httpx exceptions as handle_async_request."""
+        target = _target(url)
+        data = b"".join((target.head, *_header_lines(headers), b"Content-Length: %d\r\n\r\n" % len(body), body))
+        connection, status, head = await self._exchange(target.key, data, seconds, seconds)
+        chunks = []
+        try:
+            while chunk := await connection.read_chunk(seconds):
+                chunks.append(chunk)
+        except _Stale:
+            raise httpx.RemoteProtocolError("the provider closed the connection mid-response") from None
+        finally:
+            self.release(target.key, connection)
+        content = b"".join(chunks)
+        if any(name.lower() == b"content-encoding" and value.lower() != b"identity" for name, value in head):
+            # Compressed (rare from a JSON API): let httpx's decoders undo it.
+            content = _decoded(status, head, content)
+        return RawResponse(status, head, content)
+
+    async def _exchange(
+        self, key: OriginKey, data: bytes, connect_seconds: float | None, read_seconds: float | None
+    ) -> tuple[Connection, int, list[tuple[bytes, bytes]]]:
+        """Send one request and read its head, once more on a fresh connection if a reused one was stale."""
         for _ in range(2):
-            connection, reused = await self._acquire(key, request, timeouts.get("connect"))
+            connection, reused = await self._acquire(key, connect_seconds)
             connection.send(data)
             try:
-                status, headers = await connection.read_head(timeouts.get("read"))
+                status, headers = await connection.read_head(read_seconds)
             except _Stale:
                 connection.close()
                 if reused:
@@ -253,13 +282,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 connection.close()
                 raise
-            body = _Body(connection, self, key, timeouts.get("read"))
-            return httpx.Response(status, headers=headers, stream=body, extensions={"http_version": b"HTTP/1.1"})
+            return connection, status, headers
         raise httpx.RemoteProtocolError("the provider closed the connection without answering")  # pragma: no cover
 
-    async def _acquire(
-        self, key: OriginKey, request: httpx.Request, connect_seconds: float | None
-    ) -> tuple[Connection, bool]:
+    async def _acquire(self, key: OriginKey, connect_seconds: float | None) -> tuple[Connection, bool]:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -279,9 +305,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     server_hostname=host if scheme == "https" else None,
                 )
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from None
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
-            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}", request=request) from exc
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return protocol, False
 
     def release(self, key: OriginKey, connection: Connection) -> None:
@@ -310,3 +336,67 @@ def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
     if body or request.method not in ("GET", "HEAD"):
         lines.append(b"Content-Length: " + str(len(body)).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class RawResponse(NamedTuple):
+    """A whole answer to PooledTransport.post: status, raw headers, decoded body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+
+class _Target(NamedTuple):
+    key: OriginKey
+    # The request line and Host header, ready to send.
+    head: bytes
+
+
+# Provider URLs are few (one per deployment and operation): parse each once.
+_TARGETS: dict[str, _Target] = {}
+_MAX_TARGETS = 4096
+
+
+def _target(url: str) -> _Target:
+    found = _TARGETS.get(url)
+    if found is None:
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        host = parsed.host.encode("idna") if not parsed.host.isascii() else parsed.host.encode()
+        host_header = host if parsed.port is None else b"%s:%d" % (host, port)
+        head = b"POST " + (parsed.raw_path or b"/") + b" HTTP/1.1\r\nHost: " + host_header + b"\r\n"
+        found = _Target((parsed.scheme, parsed.host, port), head)
+        if len(_TARGETS) < _MAX_TARGETS:
+            _TARGETS[url] = found
+    return found
+
+
+def _header_lines(headers: Mapping[str, str]) -> list[bytes]:
+    framing = ("content-length", "transfer-encoding", "host")
+    return [
+        b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers.items()
+        if name.lower() not in framing
+    ]
+
+
+def _decoded(status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> bytes:
+    response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+    return response.read()
+
+
+class ProviderClient(httpx.AsyncClient):
+    """httpx's client for the provider adapters, plus a plain JSON POST straight on the
+    pooled transport (post_json uses it) when that is the transport it was given."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: object) -> None:
+        super().__init__(transport=transport, **options)  # type: ignore[arg-type]
+        self.pooled = transport if isinstance(transport, PooledTransport) else None
+        # What httpx would add to every request (user agent, accepted encodings), computed once.
+        self.default_headers = {name.lower(): value for name, value in self.headers.items()}
