@@ -123,16 +123,19 @@ class AttemptRunner:
         decision: pb.RoutingDecision,
         first_token: bool,
     ) -> Opened[R]:
+        if hedge is None:
+            # Nothing to race: the attempt runs in this task (no task, no wait; a cancelled
+            # caller still closes its upstream call, in _attempt).
+            return await self._attempt(primary, open_stream, deadline, decision, first_token)
         running: dict[asyncio.Task[Opened[R]], Target] = {
             asyncio.create_task(self._attempt(primary, open_stream, deadline, decision, first_token)): primary
         }
         try:
-            if hedge is not None:
-                done, _ = await asyncio.wait(running, timeout=hedge_after_ms / 1000)
-                if not done:
-                    # No first byte within the budget: ask the next candidate too, keep the faster.
-                    task = asyncio.create_task(self._attempt(hedge, open_stream, deadline, decision, first_token))
-                    running[task] = hedge
+            done, _ = await asyncio.wait(running, timeout=hedge_after_ms / 1000)
+            if not done:
+                # No first byte within the budget: ask the next candidate too, keep the faster.
+                task = asyncio.create_task(self._attempt(hedge, open_stream, deadline, decision, first_token))
+                running[task] = hedge
             errors: list[BaseException] = []
             while running:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -170,7 +173,9 @@ class AttemptRunner:
         outcome = "ok"
         try:
             try:
-                first = await asyncio.wait_for(anext(stream), timeout=max(0.001, deadline - started))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for runs the awaitable in a task of its own.
+                async with asyncio.timeout(max(0.001, deadline - started)):
+                    first = await anext(stream)
             except TimeoutError as exc:
                 raise UpstreamError(
                     f"provider {target.provider.id} did not answer before the deadline",
