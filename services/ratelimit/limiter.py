@@ -11,7 +11,19 @@ from dataclasses import dataclass
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from services.common.clock import Clock
 from services.ratelimit.metrics import BACKEND_FAILURES
-from services.ratelimit.quotas import MICRO, NANO, Backend, BackendUnavailableError, Decision, Kind, QuotaOutcome, Scope
+from services.ratelimit.quotas import (
+    MICRO,
+    NANO,
+    Backend,
+    BackendUnavailableError,
+    Decision,
+    Kind,
+    LeaseClaim,
+    LeaseResult,
+    Quota,
+    QuotaOutcome,
+    Scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +94,17 @@ class Limiter:
         self._recovered()
         return settled
 
+    async def lease(self, claims: Sequence[LeaseClaim], holder: str, ttl_us: int) -> LeaseResult | None:
+        """The backend's lease answers, or None when it failed: then nothing was granted
+        or reported, and the holder asks per request (where fail open/closed applies)."""
+        try:
+            result = await self.backend.lease(claims, holder, self.now_us(), ttl_us)
+        except BackendUnavailableError as exc:
+            self._failed(exc)
+            return None
+        self._recovered()
+        return result
+
     def _failed(self, exc: BaseException) -> None:
         self.stats.backend_errors += 1
         BACKEND_FAILURES.inc()
@@ -108,9 +131,14 @@ def state(outcome: QuotaOutcome, now_us: int) -> pb.QuotaState:
 
 
 def reset_at(outcome: QuotaOutcome, now_us: int) -> int:
-    if outcome.quota.kind is Kind.BUDGET:
-        return outcome.quota.period_end
-    return math.ceil((now_us + outcome.reset_us) / MICRO)
+    return quota_reset_at(outcome.quota, outcome.reset_us, now_us)
+
+
+def quota_reset_at(quota: Quota, reset_us: int, now_us: int) -> int:
+    """Unix seconds when the quota is full again (a budget: when its period ends)."""
+    if quota.kind is Kind.BUDGET:
+        return quota.period_end
+    return math.ceil((now_us + reset_us) / MICRO)
 
 
 def binding(decision: Decision) -> QuotaOutcome | None:

@@ -17,7 +17,13 @@ DECISIONS = Counter(
     ["decision", "scope_kind", "quota_kind"],
 )
 BACKEND_FAILURES = Counter(
-    "interlock_ratelimit_backend_failures_total", "Backend calls (checks and settles) that failed."
+    "interlock_ratelimit_backend_failures_total", "Backend calls (checks, settles and leases) that failed."
+)
+LEASE_CLAIMS = Counter(
+    "interlock_ratelimit_lease_claims_total",
+    "Lease claims answered: granted (some units), empty (nothing left to lease), returned (want 0), "
+    "unleasable (too small to split or not a bucket), degraded (the backend failed).",
+    ["result"],
 )
 CHECK_SECONDS = Histogram(
     "interlock_ratelimit_check_seconds",

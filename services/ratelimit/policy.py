@@ -66,11 +66,25 @@ class Period:
     end: int
 
 
+TOTAL = Period("total", 0, 0)
+
+
 def budget_period(kind: str, now: float) -> Period:
     if kind != "monthly":
-        return Period("total", 0, 0)
+        return TOTAL
     today = datetime.fromtimestamp(now, UTC)
-    start = today.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return _month(today.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+
+
+def period_of_label(label: str) -> Period:
+    """The period a budget counter's label names ("total" or "2026-11"), as budget_period built it.
+    Raises ValueError for anything else."""
+    if label == TOTAL.label:
+        return TOTAL
+    return _month(datetime.strptime(label, "%Y-%m").replace(tzinfo=UTC))
+
+
+def _month(start: datetime) -> Period:
     end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
     return Period(start.strftime("%Y-%m"), int(start.timestamp()), int(end.timestamp()))
 

@@ -9,8 +9,10 @@ Each scope holds some *quotas*:
 - a budget is a spend counter in millionths of a USD for a period, with
   reservations held until settled (or until they lapse).
 
-A check takes `amount` from every quota of every scope, or from none. Times are
-integers in microseconds, passed in by the caller so that tests inject them.
+A check takes `amount` from every quota of every scope, or from none. A lease
+takes units of one quota ahead of time for one holder (an edge), under the escrow
+rule of services.ratelimit.leases; checks keep room for outstanding grants. Times
+are integers in microseconds, passed in by the caller so that tests inject them.
 """
 
 from __future__ import annotations
@@ -83,6 +85,35 @@ class Decision:
     outcomes: tuple[QuotaOutcome, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseClaim:
+    """One holder's claim on one bucket (a quota of a scope), see services.ratelimit.leases."""
+
+    scope: str
+    # The bucket; amount is unused, floor is the ledger's (budgets).
+    quota: Quota
+    # Units used of the previous grant since the last report, net of refunds.
+    used: int
+    # Units wanted now; 0 gives the lease back.
+    want: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOutcome:
+    granted: int
+    # Units left for everyone else after this grant (grants excluded).
+    remaining: int
+    # Microseconds until the bucket is full again, counting its grants as used (rate quotas).
+    reset_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    outcomes: tuple[LeaseOutcome, ...]
+    # When the grants lapse, on the backend's clock (Redis' own for Redis), µs.
+    expires_us: int
+
+
 class Backend(Protocol):
     """Counters behind one interface: in memory, or shared through Redis."""
 
@@ -102,6 +133,12 @@ class Backend(Protocol):
 
     async def release(self, scopes: Sequence[Scope], reservation_id: str, now_us: int) -> bool:
         """Give back everything the reservation took, the request itself included."""
+        ...
+
+    async def lease(self, claims: Sequence[LeaseClaim], holder: str, now_us: int, ttl_us: int) -> LeaseResult:
+        """For each claim in order: charge `used` and return the rest of the holder's
+        previous grant on that bucket, then grant anew (the escrow rule in
+        services.ratelimit.leases). Atomic per scope; expired leases are reclaimed first."""
         ...
 
     async def close(self) -> None: ...

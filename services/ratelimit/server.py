@@ -40,7 +40,7 @@ async def build_server(settings: RateLimitSettings, clock: Clock | None = None) 
     backend = build_backend(settings)
     limiter = Limiter(backend, clock, fail_open=settings.fail_open, hold_seconds=settings.hold_seconds)
     floors = Floors()
-    servicer = RateLimitServicer(limiter, settings.rules, floors, clock)
+    servicer = RateLimitServicer(limiter, settings.rules, floors, clock, lease_ms=settings.lease_ms)
     envoy = EnvoyRateLimitServicer(limiter, settings.rules)
     service = create_server(
         settings.listen,

@@ -1,4 +1,4 @@
-"""RateLimitService: the edge's Check and Settle, mapped onto the limiter."""
+"""RateLimitService: the edge's Check, Settle and Lease, mapped onto the limiter."""
 
 from __future__ import annotations
 
@@ -12,21 +12,23 @@ import grpc
 from interlock.ratelimit.v1 import ratelimit_pb2 as pb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from services.common.clock import Clock
-from services.ratelimit import metrics
+from services.common.errors import InvalidRequestError
+from services.ratelimit import leases, metrics
 from services.ratelimit.limiter import Limiter, binding, state, tightest
 from services.ratelimit.policy import Floors, Rules, scopes_for
-from services.ratelimit.quotas import MICRO, Decision, Kind
+from services.ratelimit.quotas import MICRO, Decision, Kind, LeaseClaim, LeaseOutcome
 
 Context = grpc.aio.ServicerContext[Any, Any]
 UNAVAILABLE_QUOTA = "ratelimit:unavailable"
 
 
 class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
-    def __init__(self, limiter: Limiter, rules: Rules, floors: Floors, clock: Clock) -> None:
+    def __init__(self, limiter: Limiter, rules: Rules, floors: Floors, clock: Clock, *, lease_ms: int = 1000) -> None:
         self._limiter = limiter
         self._rules = rules
         self._floors = floors
         self._clock = clock
+        self._lease_ms = lease_ms
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
         with metrics.CHECK_TIMER.time():
@@ -61,6 +63,34 @@ class RateLimitServicer(ratelimit_pb2_grpc.RateLimitServiceServicer):
         # Together, so a Redis backend overlaps its round trips.
         results = await asyncio.gather(*(self.Settle(settle, context) for settle in request.settles))
         return pb.SettleBatchResponse(settled=sum(1 for r in results if r.settled))
+
+    async def Lease(self, request: pb.LeaseRequest, context: Context) -> pb.LeaseResponse:
+        if request.claims and not request.holder:
+            raise InvalidRequestError("a lease claim needs its holder", param="holder")
+        now = self._clock.now()
+        out = pb.LeaseResponse(
+            shapes=[leases.shape(check, self._rules, self._floors, now) for check in request.shapes],
+            ttl_ms=self._lease_ms,
+        )
+        quotas = [leases.quota_of(claim.bucket, self._floors) for claim in request.claims]
+        claims: list[LeaseClaim | None] = [
+            leases.claim_of(claim, quota) if quota is not None else None
+            for claim, quota in zip(request.claims, quotas, strict=True)
+        ]
+        decided = [c for c in claims if c is not None]
+        outcomes: list[LeaseOutcome | None] = [None] * len(claims)
+        if decided:
+            result = await self._limiter.lease(decided, request.holder, self._lease_ms * 1000)
+            if result is None:
+                out.degraded = True
+            else:
+                answers = iter(result.outcomes)
+                outcomes = [next(answers) if c is not None else None for c in claims]
+        now_us = self._limiter.now_us()
+        for claim, quota, lease_claim, outcome in zip(request.claims, quotas, claims, outcomes, strict=True):
+            out.leases.append(leases.answer(claim, quota, outcome, now_us))
+            metrics.LEASE_CLAIMS.labels(leases.result_label(lease_claim, outcome)).inc()
+        return out
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
         s = self._limiter.stats

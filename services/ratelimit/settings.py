@@ -30,6 +30,9 @@ class RateLimitSettings:
     log_level: str
     # host:port serving Prometheus /metrics over HTTP; empty (the default): none.
     metrics_listen: str = ""
+    # How long a quota lease granted to an edge stays valid; a changed limit or a
+    # revoked key takes effect within it.
+    lease_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RateLimitSettings:
@@ -41,6 +44,9 @@ class RateLimitSettings:
         ip_burst = get_int(env, "INTERLOCK_RATELIMIT_IP_BURST", 0)
         anonymous_rpm = get_int(env, "INTERLOCK_RATELIMIT_ANONYMOUS_RPM", 0)
         anonymous_burst = get_int(env, "INTERLOCK_RATELIMIT_ANONYMOUS_BURST", 0)
+        lease_ms = get_int(env, "INTERLOCK_RATELIMIT_LEASE_MS", 1000)
+        if lease_ms <= 0:
+            raise ConfigError("INTERLOCK_RATELIMIT_LEASE_MS must be positive")
         if hold_seconds <= 0 or min(ip_rpm, ip_burst, anonymous_rpm, anonymous_burst) < 0:
             raise ConfigError(
                 "INTERLOCK_RATELIMIT_HOLD_SECONDS must be positive; IP and anonymous limits must not be negative"
@@ -54,6 +60,7 @@ class RateLimitSettings:
             redis_timeout_seconds=get_float(env, "INTERLOCK_RATELIMIT_REDIS_TIMEOUT_SECONDS", 0.25),
             fail_open=on_failure == "open",
             hold_seconds=hold_seconds,
+            lease_ms=lease_ms,
             rules=Rules(
                 endpoint_rpm=Rules.parse_endpoint_rpm(get_str(env, "INTERLOCK_RATELIMIT_ENDPOINT_RPM", "")),
                 ip_rpm=ip_rpm,

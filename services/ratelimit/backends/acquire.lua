@@ -1,33 +1,18 @@
 -- Check and take every quota of one scope, atomically; the same arithmetic as
--- backends/memory.py. All keys share the scope's hash tag, so this runs on
--- Redis Cluster too.
---
--- KEYS[1] holds hash (rid -> json items), KEYS[2] holds zset (rid by expiry),
--- KEYS[3..] one counter per quota.
+-- backends/memory.py. Runs after common.lua (KEYS[1..5] are described there);
+-- KEYS[6..] one counter per quota.
 -- ARGV: now_us, rid, hold_us, then per quota: counter, kind (1 requests,
 -- 2 tokens, 3 budget), limit, interval_us, amount, floor, period_end.
 -- A budget counter is a hash: s spent, h held (nano-USD). A rate counter is
--- its theoretical arrival time in microseconds.
+-- its theoretical arrival time in microseconds. A bucket with outstanding
+-- lease grants (L) keeps room for them: it holds at most limit - L.
 -- Returns {allowed, then per quota: fits, remaining, reset_us, retry_us}.
 local now = tonumber(ARGV[1])
 local rid = ARGV[2]
 local hold_us = tonumber(ARGV[3])
-local n = #KEYS - 2
+local n = #KEYS - 5
 
--- Lapsed reservations give their held spend back.
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, old in ipairs(lapsed) do
-  local raw = redis.call('HGET', KEYS[1], old)
-  if raw then
-    for _, item in ipairs(cjson.decode(raw)) do
-      if item[2] == 3 then
-        redis.call('HINCRBY', item[1], 'h', -item[4])
-      end
-    end
-    redis.call('HDEL', KEYS[1], old)
-  end
-  redis.call('ZREM', KEYS[2], old)
-end
+local leased = settle_scope(now)
 
 local quotas = {}
 local results = {}
@@ -37,23 +22,24 @@ for i = 1, n do
   local q = {
     counter = ARGV[a], kind = tonumber(ARGV[a + 1]), limit = tonumber(ARGV[a + 2]),
     interval = tonumber(ARGV[a + 3]), amount = tonumber(ARGV[a + 4]), floor = tonumber(ARGV[a + 5]),
-    period_end = tonumber(ARGV[a + 6]), key = KEYS[2 + i],
+    period_end = tonumber(ARGV[a + 6]), key = KEYS[5 + i],
   }
   quotas[i] = q
+  local held_out = leased and lent(q.counter) or 0
   local fits, taken, left, reset, retry
   if q.kind == 3 then
     local spent = tonumber(redis.call('HGET', q.key, 's') or '0')
     local held = tonumber(redis.call('HGET', q.key, 'h') or '0')
     if q.floor > spent then spent = q.floor end
     q.spent = spent
-    left = q.limit - spent - held
+    left = q.limit - spent - held - held_out
     fits = q.amount <= left
     taken = left - q.amount
     reset = 0
     if q.period_end > 0 then reset = math.max(q.period_end * 1000000 - now, 0) end
     retry = fits and 0 or reset
   else
-    local capacity = q.limit * q.interval
+    local capacity = (q.limit - held_out) * q.interval
     local base = tonumber(redis.call('GET', q.key) or now)
     if base < now then base = now end
     local new_tat = base + q.amount * q.interval

@@ -1,7 +1,6 @@
 -- Settle or release one reservation in one scope; the same arithmetic as
--- backends/memory.py (MemoryBackend._finish).
---
--- KEYS[1] holds hash, KEYS[2] holds zset (the scope's, as in acquire.lua).
+-- backends/memory.py (MemoryBackend._finish). Runs after common.lua (KEYS[1..5]
+-- are described there).
 -- ARGV: now_us, rid, mode ('settle' or 'release'), used_tokens, used_nano.
 -- Returns 1 when the reservation was found, 0 when it had lapsed or was settled.
 local now = tonumber(ARGV[1])
@@ -9,6 +8,9 @@ local rid = ARGV[2]
 local release = ARGV[3] == 'release'
 local used_tokens = tonumber(ARGV[4])
 local used_nano = tonumber(ARGV[5])
+
+-- Expired leases are charged before this refund, in the order things happened.
+if redis.call('EXISTS', KEYS[4]) == 1 then reclaim(now, redis_now()) end
 
 local raw = redis.call('HGET', KEYS[1], rid)
 if not raw then return 0 end
@@ -22,18 +24,7 @@ for _, item in ipairs(cjson.decode(raw)) do
     if not release then redis.call('HINCRBY', key, 's', used_nano) end
   elseif release or kind == 2 then
     -- A request that ran counts whatever it used; tokens move to what was used.
-    local delta = (release and 0 or used_tokens) - amount
-    local tat = tonumber(redis.call('GET', key) or now)
-    if delta < 0 then
-      tat = math.max(tat + delta * interval, now)
-    else
-      tat = math.max(tat, now) + delta * interval
-    end
-    if tat > now then
-      redis.call('SET', key, tat, 'PXAT', math.ceil(tat / 1000) + 1)
-    else
-      redis.call('DEL', key)
-    end
+    rate_adjust(key, now, (release and 0 or used_tokens) - amount, interval)
   end
 end
 return 1
