@@ -1,17 +1,21 @@
 """The edge's side of rate limiting: resolve a key's and its project's limits
-from the cached catalog, ask ratelimit once per request (reserving tokens and
-spend), turn the answer into headers or a 429, and settle afterwards."""
+from the cached catalog, admit from this process's quota leases when they have
+room (gateway.lease_book), else ask ratelimit for this request (reserving tokens
+and spend); turn the answer into headers or a 429, and settle afterwards."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from gateway.estimate import Estimate
+from gateway.lease_book import Headroom, LeaseBook, Shape, Take
+from gateway.leases import LeaseRenewer, new_holder
 from interlock.catalog.v1 import catalog_pb2 as cpb
 from interlock.ratelimit.v1 import ratelimit_pb2 as rpb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
@@ -29,11 +33,32 @@ HOLD_MARGIN_SECONDS = 60
 Headers = list[tuple[bytes, bytes]]
 
 
+NANO = 1_000_000_000
+
+
 @dataclass
 class Reservation:
-    """A check that reserved tokens or spend, to settle when the request ends."""
+    """What a request took, to settle when it ends: a check that reserved tokens or
+    spend from the service, or (check None) what it took from this process's leases."""
 
-    check: rpb.CheckRequest
+    check: rpb.CheckRequest | None
+    take: Take | None = None
+
+
+@dataclass
+class _KeyView:
+    """A key's limits as its catalog records say (built once per record, not per
+    request), and the shapes of its requests by endpoint and client IP. A changed key,
+    plan or project record is a new view, so its requests are new shapes."""
+
+    key: cpb.ApiKey
+    plan: cpb.Plan | None
+    project: cpb.Project | None
+    key_limits: rpb.Limits
+    project_limits: rpb.Limits
+    needs_tokens: bool
+    needs_usd: bool
+    shapes: dict[str, dict[str, Shape]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +93,9 @@ class QuotaClient:
         # flight go together in the next. No timer: an idle edge settles at once.
         self._queue: list[rpb.SettleRequest] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._book = LeaseBook(clock)
+        self._renewer = LeaseRenewer(stub, self._book, clock, new_holder())
+        self._views: dict[str, _KeyView] = {}
 
     def key_limits(self, key: cpb.ApiKey) -> rpb.Limits:
         """The key's own overrides over its plan's (the default plan when it names none)."""
@@ -93,27 +121,72 @@ class QuotaClient:
             budget_period=project.budget_period,
         )
 
+    def _view(self, key: cpb.ApiKey, project_id: str) -> _KeyView:
+        view = self._views.get(key.id)
+        plan = self._cache.plans.get(key.plan or self._cache.default_plan)
+        project = self._cache.projects.get(project_id)
+        # Identity, not equality: the cache swaps in new records when anything changes.
+        if view is None or view.key is not key or view.plan is not plan or view.project is not project:
+            key_limits, project_limits = self.key_limits(key), self.project_limits(project_id)
+            limits = (key_limits, project_limits)
+            view = self._views[key.id] = _KeyView(
+                key,
+                plan,
+                project,
+                key_limits,
+                project_limits,
+                needs_tokens=any(lim.tokens_per_minute > 0 for lim in limits),
+                needs_usd=any(lim.budget_usd > 0 for lim in limits),
+            )
+        return view
+
+    def _shape(self, view: _KeyView, caller: pb.CallerContext) -> Shape:
+        client_ip = caller.client_ip if self._ip_limits else ""
+        by_ip = view.shapes.get(caller.endpoint)
+        if by_ip is None:
+            by_ip = view.shapes[caller.endpoint] = {}
+        shape = by_ip.get(client_ip)
+        if shape is None or shape.forgotten:
+            check = rpb.CheckRequest(
+                key_id=caller.key_id,
+                project=caller.project,
+                client_ip=client_ip,
+                endpoint=caller.endpoint,
+                key_limits=view.key_limits,
+                project_limits=view.project_limits,
+            )
+            shape = by_ip[client_ip] = Shape(check, view.needs_tokens, view.needs_usd)
+            self._book.add(shape)
+            self._renewer.wake()
+        return shape
+
     async def check(
         self, caller: pb.CallerContext, key: cpb.ApiKey, estimate: Callable[[], Estimate] | None
     ) -> Admission:
-        """One Check for every quota that applies to the request."""
-        check = rpb.CheckRequest(
-            key_id=caller.key_id,
-            project=caller.project,
-            client_ip=caller.client_ip if self._ip_limits else "",
-            endpoint=caller.endpoint,
-            key_limits=self.key_limits(key),
-            project_limits=self.project_limits(caller.project),
-            reservation_id=caller.request_id,
-            hold_seconds=self._hold_seconds,
-        )
-        limits = (check.key_limits, check.project_limits)
-        needs_tokens = any(lim.tokens_per_minute > 0 for lim in limits)
-        needs_usd = any(lim.budget_usd > 0 for lim in limits)
-        if estimate is not None and (needs_tokens or needs_usd):
+        """Admit from the leases when they have room for the request; else one Check
+        for every quota that applies."""
+        shape = self._shape(self._view(key, caller.project), caller)
+        tokens, usd = 0, 0.0
+        if estimate is not None and (shape.needs_tokens or shape.needs_usd):
             reserved = estimate()
-            check.reserve_tokens = reserved.tokens
-            check.reserve_usd = reserved.usd if needs_usd else 0.0
+            tokens = reserved.tokens
+            usd = reserved.usd if shape.needs_usd else 0.0
+        now = self._clock.monotonic()
+        take = self._book.take(shape, max(tokens, 0), max(math.ceil(usd * NANO), 0), now)
+        if take is not None:
+            if self._book.wanted:
+                self._book.wanted = False
+                self._renewer.wake()
+            return Admission(self._local_headers(self._book.headroom(shape, now)), Reservation(None, take))
+        if shape.accounts:
+            # Asked for more than the leases hold: renew now rather than at the next tick.
+            self._renewer.wake()
+        check = rpb.CheckRequest()
+        check.CopyFrom(shape.check)
+        check.reservation_id = caller.request_id
+        check.hold_seconds = self._hold_seconds
+        check.reserve_tokens = tokens
+        check.reserve_usd = usd
         try:
             decision: rpb.CheckResponse = await self._stub.Check(check, timeout=CHECK_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
@@ -126,8 +199,30 @@ class QuotaClient:
         headers = self.headers(decision)
         if not decision.allowed:
             return Admission(headers, refusal=_refusal(decision))
-        settle = not decision.degraded and (needs_tokens or needs_usd)
+        settle = not decision.degraded and (shape.needs_tokens or shape.needs_usd)
         return Admission(headers, Reservation(check) if settle else None)
+
+    def _local_headers(self, room: Headroom) -> Headers:
+        """The same headers a Check answer gives, from the bucket states last heard of
+        plus this process's own room (others' leases are not known here)."""
+        out: Headers = []
+        if room.requests is not None:
+            _, limit, left, reset_at = room.requests
+            out += [
+                (b"x-ratelimit-limit", b"%d" % limit),
+                (b"x-ratelimit-remaining", b"%d" % left),
+                (b"x-ratelimit-reset", b"%d" % reset_at),
+            ]
+        now = self._clock.now()
+        for state, unit in ((room.requests, b"requests"), (room.tokens, b"tokens")):
+            if state is not None:
+                _, limit, left, reset_at = state
+                out += [
+                    (b"x-ratelimit-limit-" + unit, b"%d" % limit),
+                    (b"x-ratelimit-remaining-" + unit, b"%d" % left),
+                    (b"x-ratelimit-reset-" + unit, duration(max(reset_at - now, 0)).encode()),
+                ]
+        return out
 
     def headers(self, decision: rpb.CheckResponse) -> Headers:
         now = self._clock.now()
@@ -152,6 +247,13 @@ class QuotaClient:
         """Settle in the background with what the request used (nothing, when it failed)."""
         if reservation is None:
             return
+        if reservation.take is not None:
+            used_tokens, used_nano = None, 0
+            if usage is not None:
+                used_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+                used_nano = max(math.ceil(usage.cost_usd * NANO), 0)
+            self._book.settle(reservation.take, used_tokens, used_nano, self._clock.monotonic())
+            return
         request = rpb.SettleRequest(check=reservation.check)
         if usage is not None:
             request.used_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
@@ -170,6 +272,7 @@ class QuotaClient:
                 log.warning("settling %d reservations failed: %s", len(batch), exc.code().name)
 
     async def drain(self) -> None:
+        await self._renewer.close()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
