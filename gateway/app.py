@@ -1,5 +1,6 @@
 """The edge application factory: routes, error handlers and a lifespan that
-opens the gRPC channels and the catalog cache (no module-level state)."""
+opens the gRPC channels and the catalog cache (no module-level state), and in
+co-located mode starts the router inside this process (gateway.colocated)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -42,6 +44,9 @@ from services.common.catalog_cache import CatalogCache
 from services.common.channels import open_channel
 from services.common.clock import Clock, SystemClock
 
+if TYPE_CHECKING:
+    from gateway.colocated import ColocatedRouter
+
 CATALOG_WAIT_SECONDS = 30.0
 # Keep channels warm between bursts; the services are long-lived neighbours.
 CHANNEL_OPTIONS = [
@@ -71,20 +76,32 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         channels = [
-            open_channel(
-                addr,
-                options=CHANNEL_OPTIONS,
-                # The router's trailers say how long a request waited on providers (for the overhead metric).
-                interceptors=router_interceptors() if addr == settings.router_addr else None,
-            )
-            for addr in (settings.catalog_addr, settings.router_addr, settings.ratelimit_addr, settings.usage_addr)
+            open_channel(addr, options=CHANNEL_OPTIONS)
+            for addr in (settings.catalog_addr, settings.ratelimit_addr, settings.usage_addr)
         ]
-        catalog_channel, router_channel, ratelimit_channel, usage_channel = channels
+        catalog_channel, ratelimit_channel, usage_channel = channels
         admin_api.bind(catalog_channel)
         usage_api.bind(usage_channel)
         stats_api.bind(usage_channel)
         cache = CatalogCache(catalog_channel, watch_keys=True)
+        colocated: ColocatedRouter | None = None
+        router: router_pb2_grpc.RouterServiceAsyncStub
         try:
+            if settings.router is not None:
+                # Only here: an edge in microservices mode need not hold the router's modules.
+                from gateway.colocated import start_colocated_router  # noqa: PLC0415
+
+                colocated = await start_colocated_router(settings.router, clock=clock, reuse_port=settings.reuse_port)
+                router = colocated.stub()
+            else:
+                router_channel = open_channel(
+                    settings.router_addr,
+                    options=CHANNEL_OPTIONS,
+                    # The router's trailers say how long a request waited on providers (for the overhead metric).
+                    interceptors=router_interceptors(),
+                )
+                channels.append(router_channel)
+                router = router_pb2_grpc.RouterServiceStub(router_channel)
             await cache.start(CATALOG_WAIT_SECONDS)
             # Prompt tokens are counted for token quotas: load the tables the catalog's models use
             # now, not on a request (each is tens of MB; one added later loads on first use).
@@ -102,7 +119,7 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
                 settings=settings,
                 cache=cache,
                 auth=Authenticator(cache, settings.key_pepper, clock),
-                router=router_pb2_grpc.RouterServiceStub(router_channel),
+                router=router,
                 quotas=quotas,
                 estimator=Estimator(cache, settings.default_completion_tokens),
                 # Jobs (execute / poll, agents) are served by the usage process.
@@ -111,9 +128,13 @@ def create_app(settings: EdgeSettings, clock: Clock | None = None) -> Starlette:
             yield
             await quotas.drain()
         finally:
-            await cache.close()
-            for channel in channels:
-                await channel.close(grace=None)
+            try:
+                if colocated is not None:
+                    await colocated.close(settings.grace_seconds)
+            finally:
+                await cache.close()
+                for channel in channels:
+                    await channel.close(grace=None)
 
     routes = [
         Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from services.common.env import SettingsError, get_bool, get_float, get_int, get_str
+from services.router.settings import RouterSettings
+
+EdgeMode = Literal["microservices", "colocated"]
+# microservices: the router is its own process, reached over gRPC (the Kubernetes base).
+# colocated: the router runs inside this process, called through an in-process channel.
+MODES: tuple[EdgeMode, ...] = ("microservices", "colocated")
 
 
 @dataclass(frozen=True)
@@ -41,12 +48,22 @@ class EdgeSettings:
     grace_seconds: float = 5.0
     # How long POST /api/v2/execute waits for its job before answering with a requestId to poll.
     execute_wait_seconds: float = 5.0
+    mode: EdgeMode = "microservices"
+    # Co-located mode only: the router's own settings (its gRPC listener, spool, providers).
+    router: RouterSettings | None = None
+    # Bind the HTTP socket (and the co-located router's gRPC listener) with SO_REUSEPORT,
+    # so several edge workers share one port and the kernel spreads connections over them.
+    reuse_port: bool = False
+    # host:port of a second HTTP socket private to this worker (empty: none), serving the same
+    # app: the supervisor health-checks each worker there, and /metrics there is this worker's.
+    worker_listen: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EdgeSettings:
         pepper = get_str(env, "INTERLOCK_KEY_PEPPER", "")
         if not pepper:
             raise SettingsError("INTERLOCK_KEY_PEPPER must be set (the server-side secret for key hashes)")
+        mode = _mode(env)
         return cls(
             host=get_str(env, "INTERLOCK_EDGE_HOST", "127.0.0.1"),
             port=get_int(env, "INTERLOCK_EDGE_PORT", 8080),
@@ -65,4 +82,16 @@ class EdgeSettings:
             keep_alive_seconds=get_int(env, "INTERLOCK_EDGE_KEEP_ALIVE_SECONDS", 75),
             grace_seconds=get_float(env, "INTERLOCK_GRACE_SECONDS", 5.0),
             execute_wait_seconds=get_float(env, "INTERLOCK_EDGE_EXECUTE_WAIT_SECONDS", 5.0),
+            mode=mode,
+            router=RouterSettings.from_env(env) if mode == "colocated" else None,
+            reuse_port=get_bool(env, "INTERLOCK_EDGE_REUSE_PORT", False),
+            worker_listen=get_str(env, "INTERLOCK_EDGE_WORKER_LISTEN", ""),
         )
+
+
+def _mode(env: Mapping[str, str]) -> EdgeMode:
+    raw = get_str(env, "INTERLOCK_EDGE_MODE", "microservices")
+    for mode in MODES:
+        if raw == mode:
+            return mode
+    raise SettingsError(f"INTERLOCK_EDGE_MODE={raw!r} is not one of {', '.join(MODES)}")

@@ -1,5 +1,7 @@
 """Shared fixtures: one real stack (every service + the edge, as separate
-processes) per test session, with a fake OpenAI-compatible upstream."""
+processes) per test session in the default mode (co-located, two edge workers),
+one in microservices mode for the core subset that runs in both, and a fake
+OpenAI-compatible upstream."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from psycopg import sql
 from tests.support.fake_gemini import FakeGemini
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.keystore import PG_URL
-from tests.support.stack import Stack, free_port, stack_on_catalog
+from tests.support.stack import SESSION_WORKERS, Stack, free_port, stack_on_catalog
 
 UPSTREAM_KEY = "sk-upstream-test-key"
 GEMINI_KEY = "gemini-e2e-key"
@@ -103,9 +105,8 @@ def catalog_for(fake: FakeOpenAI) -> dict[str, object]:
     }  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> Iterator[Stack]:
-    env = {
+def _session_env() -> dict[str, str]:
+    return {
         "FAKE_UPSTREAM_KEY": UPSTREAM_KEY,
         "INTERLOCK_DEMO_TOKEN_DELAY_MS": str(DEMO_TOKEN_DELAY_MS),
         "INTERLOCK_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
@@ -115,8 +116,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -
         "INTERLOCK_ROUTER_BACKOFF_BASE_MS": "5",
         "INTERLOCK_ROUTER_BACKOFF_MAX_MS": "20",
     }
-    with stack_on_catalog(tmp_path_factory.mktemp("stack"), catalog_for(fake_upstream), env) as running:
+
+
+@pytest.fixture(scope="session")
+def colocated_stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> Iterator[Stack]:
+    """The default mode: the router inside each of two edge workers sharing the port."""
+    root = tmp_path_factory.mktemp("stack")
+    catalog = catalog_for(fake_upstream)
+    with stack_on_catalog(root, catalog, _session_env(), mode="colocated", workers=SESSION_WORKERS) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def microservices_stack(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeOpenAI) -> Iterator[Stack]:
+    """Started only when a test asks for it (tests.support.stack.stack_in_each_mode)."""
+    root = tmp_path_factory.mktemp("microservices")
+    with stack_on_catalog(root, catalog_for(fake_upstream), _session_env(), mode="microservices") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(colocated_stack: Stack) -> Stack:
+    return colocated_stack
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ import pytest
 
 from tests.conftest import DEMO_TOKEN_DELAY_MS
 from tests.support.openai_schema import validate
-from tests.support.stack import Stack
+from tests.support.stack import Stack, stack_in_each_mode
 
 pytestmark = pytest.mark.e2e
+# Chat and streams are in the core subset that runs in both modes.
+stack = stack_in_each_mode()
 
 
 def test_models_list(client: openai.OpenAI, stack: Stack) -> None:

@@ -20,9 +20,11 @@ from interlock.ratelimit.v1 import ratelimit_pb2 as rpb
 from interlock.ratelimit.v1 import ratelimit_pb2_grpc
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.limits import auth, chat_body, create_key, fire
-from tests.support.stack import Stack
+from tests.support.stack import Stack, stack_in_each_mode
 
 pytestmark = pytest.mark.e2e
+# Limits are in the core subset that runs in both modes.
+stack = stack_in_each_mode()
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import UPSTREAM_KEY
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.stack import Stack, start_stack, stop_stack
+from tests.support.stack import MODES, Stack, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 HI = [{"role": "user", "content": "hi"}]
@@ -40,8 +40,11 @@ def pb(fakes: tuple[FakeOpenAI, FakeOpenAI]) -> Iterator[FakeOpenAI]:
     fakes[1].reset()
 
 
-@pytest.fixture(scope="module")
-def routing_stack(tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeOpenAI, FakeOpenAI]) -> Iterator[Stack]:
+# Failover is in the core subset that runs in both modes.
+@pytest.fixture(scope="module", params=MODES)
+def routing_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeOpenAI, FakeOpenAI]
+) -> Iterator[Stack]:
     a, b = fakes
     provider = {"kind": "openai", "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_seconds": 1}
     chat = {"type": "chat", "pricing": {"input": 1.0, "output": 1.0}}
@@ -92,6 +95,10 @@ def routing_stack(tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeOpe
             "INTERLOCK_ROUTER_BACKOFF_MAX_MS": "50",
             "INTERLOCK_ROUTER_EXPLORE_RATE": "0",
         },
+        mode=request.param,
+        # One worker: breakers and latency stats live in each router process, and these tests
+        # follow one router's (each co-located worker has its own, as router replicas do).
+        workers=1 if request.param == "colocated" else None,
     )
     yield stack
     stop_stack(stack)

@@ -44,16 +44,35 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
         stop_stack(stack)
 
 
-def test_dead_service_is_restarted_then_sigterm_stops_everything(own_stack: Stack) -> None:
-    stack = own_stack
+# What to kill in each mode: an edge worker (the router runs inside it), or the router process.
+@pytest.mark.parametrize(("mode", "victim"), [("colocated", "edge-1"), ("microservices", "router")])
+def test_dead_process_is_restarted_then_sigterm_stops_everything(tmp_path: Path, mode: str, victim: str) -> None:
+    stack = start_stack(tmp_path / "data", mode=mode, workers=2 if mode == "colocated" else None)
+    try:
+        _restart_then_stop(stack, victim)
+    finally:
+        if stack.process.poll() is None:
+            stop_stack(stack)
+
+
+def _restart_then_stop(stack: Stack, victim: str) -> None:
     first = dict(stack.layout["pids"])  # type: ignore[call-overload]
-    os.kill(first["router"], signal.SIGKILL)
-    assert _wait(lambda: stack.layout["pids"]["router"] != first["router"], 30), stack.logs()  # type: ignore[index]
-    assert (
-        httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=HI, timeout=30).status_code
-        == 200
-    )
-    assert "router died" in stack.logs()
+    os.kill(first[victim], signal.SIGKILL)
+    assert _wait(lambda: stack.layout["pids"][victim] != first[victim], 30), stack.logs()  # type: ignore[index]
+    # The others were left alone.
+    assert {k: v for k, v in stack.layout["pids"].items() if k != victim} == {  # type: ignore[union-attr]
+        k: v for k, v in first.items() if k != victim
+    }
+    if victim.startswith("edge"):
+        # The restarted worker serves on its own port again (and on the shared one, with the other).
+        worker = stack.workers[victim]
+        assert httpx.get(f"{worker}/healthz", timeout=10).status_code == 200
+        reply = httpx.post(f"{worker}/v1/chat/completions", headers=stack.headers(), json=HI, timeout=30)
+        assert reply.status_code == 200, reply.text
+    for _ in range(4):  # fresh connections: over the shared port they may land on either worker
+        reply = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=HI, timeout=30)
+        assert reply.status_code == 200, reply.text
+    assert f"{victim} died" in stack.logs()
     assert f"/dashboard#key={stack.admin_key}" in stack.logs()  # the start-up banner links the dashboard
 
     pids = list(stack.layout["pids"].values())  # type: ignore[union-attr]

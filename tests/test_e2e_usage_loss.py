@@ -26,7 +26,7 @@ import yaml
 
 from services.common.spool import Spool
 from tests.support.postgres_server import PostgresServer
-from tests.support.stack import Stack, free_port, start_stack, stop_stack
+from tests.support.stack import MODES, Stack, free_port, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 TOTAL = 300
@@ -95,11 +95,15 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 
 def spooled_rows(stack: Stack) -> int:
-    """Events in the router's spool, read through a separate read-only connection."""
-    port = stack.service_addr("router").rsplit(":", 1)[1]
-    path = stack.data_dir / "spool" / f"router-{port}.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+    """Events in the routers' spools (the router's own, or one per co-located edge worker),
+    read through separate read-only connections."""
+    paths = stack.spool_paths()
+    assert paths, "no spool file"
+    total = 0
+    for path in paths:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            total += int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+    return total
 
 
 def ledger_up(stack: Stack) -> bool:
@@ -139,19 +143,21 @@ def assert_exactly_one_event_each(stack: Stack, load: Load) -> None:
     assert "usage spool drained" in stack.logs()
 
 
-def _start(tmp_path: Path, env: dict[str, str]) -> Stack:
+def _start(tmp_path: Path, env: dict[str, str], mode: str | None = None) -> Stack:
     config = tmp_path / "catalog.yaml"
     config.write_text(yaml.safe_dump(CATALOG))
     return start_stack(
         tmp_path / "data",
         config=config,
         env={"INTERLOCK_DEMO_TOKEN_DELAY_MS": "1", "INTERLOCK_LOG_LEVEL": "info", **env},
+        mode=mode,
     )
 
 
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = _start(tmp_path, {})
+# The ledger kill test is in the core subset that runs in both modes.
+@pytest.fixture(params=MODES)
+def own_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    stack = _start(tmp_path, {}, request.param)
     yield stack
     assert stop_stack(stack) == 0, stack.logs()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from services.cli import keys, models
 from services.cli.admin_client import AdminClient, CliError
-from services.cli.up import UpOptions, run_up
+from services.cli.up import COLOCATED, MICROSERVICES, MODES, UpOptions, run_up
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -79,6 +79,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     up.add_argument("--tls-cert", type=Path, default=None, help="with --envoy: PEM certificate chain for HTTPS")
     up.add_argument("--tls-key", type=Path, default=None, help="with --envoy: PEM private key for HTTPS")
+    up.add_argument(
+        "--mode",
+        choices=MODES,
+        default=COLOCATED,
+        help=f"{COLOCATED} (default): the router runs inside each edge worker; "
+        f"{MICROSERVICES}: the router is its own process, called over gRPC",
+    )
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{COLOCATED} mode: edge worker processes sharing the port (default: one per core, now {os.cpu_count()})",
+    )
     admin_options, api_options = _client_options(settings)
     keys.add_parsers(commands, [admin_options])
     models.add_parser(commands, [api_options])
@@ -128,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         if (args.tls_cert or args.tls_key) and not args.envoy:
             parser.error("--tls-cert and --tls-key need --envoy (the edge itself speaks plain HTTP)")
+        if args.workers is not None and args.mode != COLOCATED:
+            parser.error(f"--workers applies to --mode {COLOCATED} only ({MICROSERVICES} runs one edge and one router)")
+        if args.workers is not None and args.workers < 1:
+            parser.error("--workers must be at least 1")
         options = UpOptions(
             host=args.host,
             port=args.port,
@@ -136,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             envoy=args.envoy,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            mode=args.mode,
+            workers=args.workers,
         )
         sys.exit(run_up(options))
     sys.exit(run_client_command(args, parser))

@@ -1,10 +1,15 @@
 """`interlock up`: run the whole stack on one machine with embedded defaults.
 
-Starts catalog, usage, ratelimit, router and the edge as separate processes
-wired over loopback, waits until each is healthy, and supervises them: a
-process that dies is restarted a few times, and if it keeps dying the whole
-stack stops with a clear message. Never a half-alive stack. With --envoy,
-Envoy fronts the edge as one more child (services/cli/up_envoy.py).
+Starts catalog, usage and ratelimit, then the edge, as separate processes wired
+over loopback, waits until each is healthy, and supervises them: a process that
+dies is restarted a few times, and if it keeps dying the whole stack stops with a
+clear message. Never a half-alive stack. With --envoy, Envoy fronts the edge as
+one more child (services/cli/up_envoy.py).
+
+Two modes (one codebase, as Grafana Loki and Mimir run): co-located (the default),
+where the router runs inside each of --workers edge processes sharing the HTTP port
+(and the router's gRPC port, for internal callers), and microservices, where the
+router is its own process and the one edge calls it over gRPC.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 MAX_RESTARTS = 3
 RESTART_WINDOW_SECONDS = 60.0
+COLOCATED = "colocated"
+MICROSERVICES = "microservices"
+MODES = (COLOCATED, MICROSERVICES)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class UpOptions:
     envoy: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    mode: str = COLOCATED
+    # Co-located edge workers; None: one per core.
+    workers: int | None = None
 
 
 @dataclass
@@ -88,6 +99,11 @@ class Plan:
     # Where clients go: Envoy's listener with --envoy, else the edge's.
     public_url: str
     edge_url: str
+    # The router's gRPC address: its own process, or shared by the co-located edge workers.
+    router_addr: str
+    mode: str = COLOCATED
+    # Co-located mode: each edge worker's private URL (its own /healthz and /metrics).
+    workers: dict[str, str] = field(default_factory=dict)
     envoy: EnvoyLayout | None = None
 
 
@@ -149,6 +165,7 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> Plan:
             environ=environ,
         )
     edge_url = f"http://{_loopback(edge_host)}:{edge_port}"
+    edge_env |= {"INTERLOCK_EDGE_HOST": edge_host, "INTERLOCK_EDGE_PORT": str(edge_port)}
     children = [
         Child("catalog", "services.catalog", catalog_env, addr["catalog"]),
         # Usage serves the stats and usage APIs and tells the admin key from ordinary keys itself.
@@ -164,15 +181,25 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> Plan:
             {**base, "INTERLOCK_RATELIMIT_LISTEN": addr["ratelimit"]},
             addr["ratelimit"],
         ),
-        Child("router", "services.router", {**base, "INTERLOCK_ROUTER_LISTEN": addr["router"]}, addr["router"]),
-        Child(
-            "edge",
-            "gateway",
-            {**edge_env, "INTERLOCK_EDGE_HOST": edge_host, "INTERLOCK_EDGE_PORT": str(edge_port)},
-            None,
-            health_url=f"{edge_url}/healthz",
-        ),
     ]
+    worker_urls: dict[str, str] = {}
+    if options.mode == MICROSERVICES:
+        children += [
+            Child("router", "services.router", {**base, "INTERLOCK_ROUTER_LISTEN": addr["router"]}, addr["router"]),
+            Child(
+                "edge",
+                "gateway",
+                {**edge_env, "INTERLOCK_EDGE_MODE": MICROSERVICES},
+                None,
+                health_url=f"{edge_url}/healthz",
+            ),
+        ]
+    else:
+        # The router's metrics are on each worker's own /metrics (one process, one registry).
+        del metrics["router"]
+        workers = _edge_workers(edge_env, addr["router"], data_dir, options.workers or os.cpu_count() or 1)
+        children += [child for child, _ in workers]
+        worker_urls = {child.name: url for child, url in workers}
     for child in children:
         if child.name in metrics:
             child.metrics_addr = metrics[child.name]
@@ -191,7 +218,28 @@ def plan_children(options: UpOptions, environ: Mapping[str, str]) -> Plan:
             )
         )
         public_url = envoy.url.replace(f"://{options.host}:", f"://{_loopback(options.host)}:")
-    return Plan(children, api_key, admin_key, public_url, edge_url, envoy)
+    return Plan(children, api_key, admin_key, public_url, edge_url, addr["router"], options.mode, worker_urls, envoy)
+
+
+def _edge_workers(edge_env: Mapping[str, str], router_addr: str, data_dir: Path, count: int) -> list[tuple[Child, str]]:
+    """Co-located edge workers `edge`, `edge-1`, ...: each runs a router and shares the HTTP
+    port and the router's gRPC port with the others, and has a private HTTP port of its own
+    (health checks, its own /metrics) and its own spool, which it replays when it restarts."""
+    workers = []
+    for index in range(count):
+        name = "edge" if index == 0 else f"edge-{index}"
+        private = f"127.0.0.1:{free_port()}"
+        env = {
+            **edge_env,
+            "INTERLOCK_EDGE_MODE": COLOCATED,
+            "INTERLOCK_EDGE_REUSE_PORT": "true" if count > 1 else "false",
+            "INTERLOCK_EDGE_WORKER_LISTEN": private,
+            "INTERLOCK_ROUTER_LISTEN": router_addr,
+            "INTERLOCK_ROUTER_SPOOL_PATH": str(data_dir / "spool" / f"edge-{index}.db"),
+        }
+        env.pop("INTERLOCK_ROUTER_METRICS_LISTEN", None)  # workers would fight over one port
+        workers.append((Child(name, "gateway", env, None, health_url=f"http://{private}/healthz"), f"http://{private}"))
+    return workers
 
 
 def _spawn(child: Child) -> None:
@@ -252,11 +300,16 @@ def _write_stack_file(options: UpOptions, plan: Plan) -> None:
     stack: dict[str, object] = {
         "public": plan.public_url,
         "edge": plan.edge_url,
-        "services": {c.name: c.grpc_addr for c in children if c.grpc_addr},
+        "mode": plan.mode,
+        # The router's address is the shared one of the edge workers in co-located mode.
+        "services": {**{c.name: c.grpc_addr for c in children if c.grpc_addr}, "router": plan.router_addr},
         # Prometheus scrape URLs of the services; the edge serves its own at <edge>/metrics.
         "metrics": {c.name: f"http://{c.metrics_addr}/metrics" for c in children if c.metrics_addr},
         "pids": {c.name: c.process.pid for c in children if c.process is not None},
     }
+    if plan.workers:
+        # Each co-located edge worker's own URL: its /healthz and its /metrics (the router's included).
+        stack["workers"] = plan.workers
     if plan.envoy is not None:
         stack["envoy"] = plan.envoy.stack_entry()
     path = options.data_dir.resolve() / "stack.json"

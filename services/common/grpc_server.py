@@ -108,15 +108,17 @@ class GrpcService:
             await cleanup()
 
 
-def create_server(address: str, registrations: Sequence[Registration]) -> GrpcService:
-    """Create a server bound to address (port 0 picks a free one), not yet started."""
+def create_server(address: str, registrations: Sequence[Registration], *, reuse_port: bool = False) -> GrpcService:
+    """Create a server bound to address (port 0 picks a free one), not yet started.
+    reuse_port: several processes share the address (co-located edge workers serving
+    the router); otherwise a taken port fails the bind, as it should for one service."""
     server = grpc.aio.server(
         # Metrics first: it sees the status the error mapping settles on.
         interceptors=[MetricsInterceptor(), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             # Clients ping every 30 s to keep idle watch streams alive (gateway.app CHANNEL_OPTIONS);
             # gRPC's default (5 min) counts those pings as abuse and sends GOAWAY, failing calls.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),

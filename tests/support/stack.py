@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx
+import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -23,6 +24,9 @@ from interlock.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.common.ports import free_port
 
 STARTUP_SECONDS = 90.0
+# interlock up's modes; the session stack runs the first (the default), with this many workers.
+MODES = ("colocated", "microservices")
+SESSION_WORKERS = 2
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Stack:
     data_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The environment the stack was started with beyond the test process's own (provider keys...).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -47,13 +53,36 @@ class Stack:
         assert isinstance(services, dict)
         return str(services[name])
 
+    @property
+    def mode(self) -> str:
+        return str(self.layout["mode"])
+
+    @property
+    def workers(self) -> dict[str, str]:
+        """Co-located mode: each edge worker's private URL; empty in microservices mode."""
+        workers = self.layout.get("workers", {})
+        assert isinstance(workers, dict)
+        return {str(name): str(url) for name, url in workers.items()}
+
     def metrics_url(self, name: str) -> str:
-        """The Prometheus scrape URL of a service, or of the edge ("edge")."""
-        if name == "edge":
-            return f"{self.url}/metrics"
+        """The Prometheus scrape URL of a service, or of the edge ("edge"). In co-located
+        mode the edge's is worker `edge`'s own (a scrape of the shared port could land on
+        any worker), and the router's is the same page: the router runs in that process."""
+        if name == "edge" or (name == "router" and self.workers):
+            return f"{self.workers['edge']}/metrics" if self.workers else f"{self.url}/metrics"
         metrics = self.layout["metrics"]
         assert isinstance(metrics, dict)
         return str(metrics[name])
+
+    @property
+    def one_edge_url(self) -> str:
+        """The URL of one edge process: worker `edge`'s own in co-located mode (whose /metrics
+        metrics_url("edge") names), the edge's in microservices mode."""
+        return self.workers.get("edge", self.url)
+
+    def spool_paths(self) -> list[Path]:
+        """The router's usage spool files: one per co-located edge worker, or the router's own."""
+        return sorted(p for p in (self.data_dir / "spool").glob("*.db") if not p.stem.endswith("-scores"))
 
     def pid(self, name: str) -> int:
         pids = self.layout["pids"]
@@ -70,19 +99,27 @@ class Stack:
         self, log_path: Path, *, ratelimit_addr: str | None = None, env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen[bytes], str]:
         """A second edge process wired to this stack's services (or another ratelimit),
-        as a second replica would be."""
+        as a second replica would be: in co-located mode with a router of its own."""
         port = free_port()
         pepper = (self.data_dir / "secrets" / "key_pepper").read_text().strip()
         child_env = {
             **os.environ,
+            **self.env,
             "INTERLOCK_KEY_PEPPER": pepper,
             "INTERLOCK_CATALOG_ADDR": self.service_addr("catalog"),
             "INTERLOCK_ROUTER_ADDR": self.service_addr("router"),
             "INTERLOCK_RATELIMIT_ADDR": ratelimit_addr or self.service_addr("ratelimit"),
+            "INTERLOCK_USAGE_ADDR": self.service_addr("usage"),
             "INTERLOCK_EDGE_PORT": str(port),
+            "INTERLOCK_EDGE_MODE": self.mode,
             "INTERLOCK_LOG_LEVEL": "warning",
-            **(env or {}),
         }
+        if self.mode == "colocated":
+            child_env |= {
+                "INTERLOCK_ROUTER_LISTEN": f"127.0.0.1:{free_port()}",
+                "INTERLOCK_ROUTER_SPOOL_PATH": str(log_path.with_suffix(".spool.db")),
+            }
+        child_env |= env or {}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gateway"], env=child_env, stdout=log, stderr=subprocess.STDOUT
@@ -167,8 +204,15 @@ def wait_for_grpc_health(addr: str, process: subprocess.Popen[bytes], log_path: 
 
 
 def start_stack(
-    data_dir: Path, *, config: Path | None = None, env: dict[str, str] | None = None, api_key: str | None = None
+    data_dir: Path,
+    *,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    api_key: str | None = None,
+    mode: str | None = None,
+    workers: int | None = None,
 ) -> Stack:
+    """`interlock up` on a free port; mode and workers default to its own defaults."""
     port = free_port()
     api_key = api_key or "il-test-" + os.urandom(16).hex()
     admin_key = "il-admin-" + os.urandom(16).hex()
@@ -177,6 +221,10 @@ def start_stack(
     args = [sys.executable, "-m", "services.cli.main", "up", "--port", str(port), "--data-dir", str(data_dir)]
     if config is not None:
         args += ["--config", str(config)]
+    if mode is not None:
+        args += ["--mode", mode]
+    if workers is not None:
+        args += ["--workers", str(workers)]
     child_env = {
         **os.environ,
         "INTERLOCK_API_KEY": api_key,
@@ -194,7 +242,7 @@ def start_stack(
         if (data_dir / "stack.json").exists():
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return Stack(url, api_key, admin_key, data_dir, process, log_path)
+                    return Stack(url, api_key, admin_key, data_dir, process, log_path, env or {})
             except httpx.HTTPError:
                 pass
         time.sleep(0.1)
@@ -210,14 +258,33 @@ def stop_stack(stack: Stack) -> int:
 
 
 @contextlib.contextmanager
-def stack_on_catalog(root: Path, catalog: Mapping[str, Any], env: dict[str, str] | None = None) -> Iterator[Stack]:
+def stack_on_catalog(
+    root: Path,
+    catalog: Mapping[str, Any],
+    env: dict[str, str] | None = None,
+    *,
+    mode: str | None = None,
+    workers: int | None = None,
+) -> Iterator[Stack]:
     """A stack serving this catalog, its files under root; it must stop cleanly afterwards."""
     config = root / "catalog.yaml"
     config.write_text(yaml.safe_dump(dict(catalog)))
-    stack = start_stack(root / "data", config=config, env=env)
+    stack = start_stack(root / "data", config=config, env=env, mode=mode, workers=workers)
     try:
         yield stack
     except BaseException:
         stop_stack(stack)
         raise
     assert stop_stack(stack) == 0, stack.logs()
+
+
+def stack_in_each_mode() -> Any:
+    """A module-scoped `stack` fixture that runs a module's tests on the session stack of
+    each mode (conftest's colocated_stack and microservices_stack): `stack = stack_in_each_mode()`
+    at the top of a test module for the core subset that must hold in both modes."""
+
+    @pytest.fixture(scope="module", params=MODES, name="stack")
+    def stack(request: pytest.FixtureRequest) -> Stack:
+        return cast(Stack, request.getfixturevalue(f"{request.param}_stack"))
+
+    return stack
