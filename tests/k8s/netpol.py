@@ -13,11 +13,12 @@ selector, which is what the policies here do (their ipBlocks are for the interne
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.manifests import Manifests, Obj, selects
+from tests.support.manifests import Manifests, Obj, container_port, flows, selects
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,36 @@ def allowed(policies: Sequence[Obj], source: Endpoint, destination: Endpoint, po
         )
         for direction, subject, peer in (("Egress", source, destination), ("Ingress", destination, source))
     )
+
+
+def pods(m: Manifests) -> dict[str, Endpoint]:
+    """Every workload's pods as an endpoint, by workload name."""
+    return {w.name: pod_endpoint(m, w.pod_labels, w.containers) for w in m.workloads()}
+
+
+def configured_connections(m: Manifests) -> set[tuple[str, str, int]]:
+    """(source, destination workload, container port) of every connection a process is
+    configured to open (its INTERLOCK_*_ADDR settings, Envoy's upstreams), through the Service
+    it names to the pods that Service selects; a pod's connections to its own kind left out."""
+    found = set()
+    for flow in flows(m):
+        target = m.service_target(flow.service, flow.port)
+        assert target is not None, f"{flow.via}: no Service port {flow.service}:{flow.port}"
+        service, entry = target
+        for workload in m.selected_workloads(service["spec"]["selector"]):
+            port = next(p for c in workload.containers if (p := container_port(c, entry["targetPort"])))
+            if workload.name != flow.source.name:
+                found.add((flow.source.name, workload.name, port))
+    return found
+
+
+def allowed_connections(m: Manifests) -> set[tuple[str, str, int]]:
+    """(source, destination workload, container port) of every pod-to-pod connection the
+    NetworkPolicies let through, between different workloads."""
+    policies = m.of_kind("NetworkPolicy")
+    found = set()
+    for (source, src), (destination, dst) in itertools.product(pods(m).items(), repeat=2):
+        for port in set(dst.ports.values()):
+            if source != destination and allowed(policies, src, dst, port):
+                found.add((source, destination, port))
+    return found

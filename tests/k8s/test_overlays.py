@@ -3,8 +3,6 @@ disruption-budgeted, and its NetworkPolicies allow exactly the configured traffi
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from tests.k8s import netpol
@@ -72,37 +70,17 @@ def test_production_exposes_only_envoy_https(production: Manifests) -> None:
     assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]]) for s in public] == [("envoy", [443])]
 
 
-def _pods(m: Manifests) -> dict[str, netpol.Endpoint]:
-    return {w.name: netpol.pod_endpoint(m, w.pod_labels, w.containers) for w in m.workloads()}
-
-
 def test_production_policies_allow_exactly_the_configured_traffic(production: Manifests) -> None:
     """Pod to pod, the only connections allowed are the ones a process is configured to make
     (its INTERLOCK_*_ADDR settings and Envoy's upstreams): no lateral path beyond them."""
-    policies = production.of_kind("NetworkPolicy")
-    pods = _pods(production)
-    flows = manifests.flows(production)
-    expected = set()
-    for flow in flows:
-        target = production.service_target(flow.service, flow.port)
-        assert target is not None
-        service, entry = target
-        for workload in production.selected_workloads(service["spec"]["selector"]):
-            port = next(p for c in workload.containers if (p := manifests.container_port(c, entry["targetPort"])))
-            expected.add((flow.source.name, workload.name, port))
-    allowed = set()
-    for (source, src), (destination, dst) in itertools.product(pods.items(), repeat=2):
-        for port in set(dst.ports.values()):
-            if source != destination and netpol.allowed(policies, src, dst, port):
-                allowed.add((source, destination, port))
-    assert allowed == expected
+    assert netpol.allowed_connections(production) == netpol.configured_connections(production)
 
 
 def test_production_policies_from_outside(production: Manifests) -> None:
     """From the internet only Envoy's HTTPS port; from another namespace also Envoy's internal
     gRPC listener; from the monitoring namespace the metrics ports."""
     policies = production.of_kind("NetworkPolicy")
-    pods = _pods(production)
+    pods = netpol.pods(production)
     internet = netpol.Endpoint(ip="203.0.113.9")
     elsewhere = netpol.Endpoint(
         labels={"app": "client"}, namespace="team-a", namespace_labels={"kubernetes.io/metadata.name": "team-a"}
@@ -125,7 +103,7 @@ def test_production_policies_from_outside(production: Manifests) -> None:
 
 def test_production_router_reaches_providers_only_on_https(production: Manifests) -> None:
     policies = production.of_kind("NetworkPolicy")
-    pods = _pods(production)
+    pods = netpol.pods(production)
     provider = netpol.Endpoint(ip="162.159.140.245")
     assert netpol.allowed(policies, pods["router"], provider, 443)
     assert not netpol.allowed(policies, pods["router"], provider, 80)
@@ -136,7 +114,7 @@ def test_production_router_reaches_providers_only_on_https(production: Manifests
 
 def test_dev_datastores_admit_only_their_services(dev: Manifests) -> None:
     policies = dev.of_kind("NetworkPolicy")
-    pods = _pods(dev)
+    pods = netpol.pods(dev)
     for store, port, clients in (("postgres", 5432, {"catalog", "usage"}), ("redis", 6379, {"ratelimit"})):
         admitted = {
             name for name, pod in pods.items() if name != store and netpol.allowed(policies, pod, pods[store], port)

@@ -8,10 +8,13 @@ so both read the manifests with one set of rules.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +25,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-# Every kustomization a user can apply or build on.
-TARGETS = ("base", "overlays/dev", "overlays/production")
+# Every kustomization a user can apply or build on. "a+b" is kustomization a with component b
+# on top (compose): how an overlay takes a component after its own patches (README "Kubernetes").
+TARGETS = (
+    "base",
+    "overlays/dev",
+    "overlays/production",
+    "overlays/colocated",
+    "overlays/production+components/colocated-router",
+)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 # The one image every Interlock process runs (Dockerfile); third-party images are datastores.
 INTERLOCK_IMAGE = "interlock"
@@ -50,10 +60,35 @@ def _rendered_text(directory: Path) -> str:
     return done.stdout
 
 
+@functools.cache
+def compose(target: str, root: Path = K8S) -> Path:
+    """A kustomization (in a directory of its own) that is root/<base> with the components named
+    after it, "overlays/production+components/colocated-router": the base's own patches run
+    first, then each component's. Paths are relative, as kustomize refuses absolute roots."""
+    base, *components = target.split("+")
+    directory = Path(tempfile.mkdtemp(prefix="kustomization-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    up = Path(*[".."] * len(directory.resolve().parts[1:]))
+
+    def relative(path: str) -> str:
+        return str(up / (root / path).resolve().relative_to("/"))
+
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [relative(base)],
+        "components": [relative(c) for c in components],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return directory
+
+
 def render(target: str | Path) -> list[Obj]:
-    """The objects `kubectl kustomize` renders for k8s/<target> (or a directory); a fresh copy each call."""
-    directory = target if isinstance(target, Path) else K8S / target
-    return [doc for doc in yaml.safe_load_all(_rendered_text(directory.resolve())) if doc]
+    """The objects `kubectl kustomize` renders for k8s/<target> (a composition "a+b" too, see
+    compose) or a directory; a fresh copy each call."""
+    if isinstance(target, str):
+        target = compose(target) if "+" in target else K8S / target
+    return [doc for doc in yaml.safe_load_all(_rendered_text(target.resolve())) if doc]
 
 
 def load(path: Path) -> list[Obj]:

@@ -1,6 +1,7 @@
 """The cluster rehearsal: run an overlay's Deployments as local processes, behind Envoy.
 
-`rehearse(work_dir, "dev")` renders k8s/overlays/dev and starts each Interlock container's
+`rehearse(work_dir, "dev")` renders k8s/overlays/dev (`components=("colocated-router",)`
+adds k8s/components/colocated-router on top, as an overlay built on dev would) and starts each Interlock container's
 own command (`python -m ...` with this venv's python, `envoy` with this venv's envoy) with
 exactly the environment and arguments the manifests give it: ConfigMaps (envFrom and key
 references) resolved, $(VAR) expanded, mounted ConfigMaps and emptyDirs as local
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,9 +433,10 @@ class Run:
 
 
 @contextmanager
-def rehearse(work_dir: Path, overlay: str = "dev") -> Iterator[FrontedStack]:
-    """Run k8s/overlays/<overlay> on this machine; yield it as a FrontedStack."""
-    m = Manifests(render(f"overlays/{overlay}"))
+def rehearse(work_dir: Path, overlay: str = "dev", components: Sequence[str] = ()) -> Iterator[FrontedStack]:
+    """Run k8s/overlays/<overlay>, with each of k8s/components/<components> applied after it,
+    on this machine; yield it as a FrontedStack."""
+    m = Manifests(render("+".join([f"overlays/{overlay}", *(f"components/{c}" for c in components)])))
     interlock = [w for w in m.workloads() if w.is_interlock]
     others = {w.pod_labels.get("app.kubernetes.io/name") for w in m.workloads() if not w.is_interlock}
     if others - set(LOCAL_DATASTORES):

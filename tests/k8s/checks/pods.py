@@ -138,20 +138,23 @@ def _interlock_command(container: Obj) -> str | None:
 def termination_covers_drain(m: Manifests) -> Problems:
     """terminationGracePeriodSeconds covers the preStop pause plus an Interlock process's
     shutdown: the gRPC drain and the cleanups after it, each bounded by INTERLOCK_GRACE_SECONDS
-    (services/common/grpc_server.py; the router's ledger flush is one of those cleanups)."""
+    (services/common/grpc_server.py; the router's ledger flush is one of those cleanups). A
+    co-located edge (INTERLOCK_EDGE_MODE=colocated) drains its HTTP requests first, then the
+    router's gRPC listener, then the router's usage events (gateway/app.py): one stage more."""
     problems = []
     for workload in m.workloads():
         period = int(workload.pod_spec.get("terminationGracePeriodSeconds", 30))
         for container in workload.containers:
             if _interlock_command(container) is None:
                 continue
-            grace = float(m.environment(container).get("INTERLOCK_GRACE_SECONDS") or DEFAULT_GRACE_SECONDS)
+            env = m.environment(container)
+            grace = float(env.get("INTERLOCK_GRACE_SECONDS") or DEFAULT_GRACE_SECONDS)
             pause = int(((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0))
-            needed = pause + 2 * grace
-            if period <= needed:
+            stages = 3 if env.get("INTERLOCK_EDGE_MODE") == "colocated" else 2
+            if period <= pause + stages * grace:
                 problems.append(
                     f"{workload.name}: terminationGracePeriodSeconds {period} does not exceed preStop {pause} s "
-                    f"+ 2 × INTERLOCK_GRACE_SECONDS {grace:g} s"
+                    f"+ {stages} × INTERLOCK_GRACE_SECONDS {grace:g} s"
                 )
     return problems
 
