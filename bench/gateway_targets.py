@@ -1,6 +1,6 @@
-"""The processes bench.gateway drives: the mock upstream, Interlock and LiteLLM
-proxy, each started on a free port and stopped on the way out, plus CPU and
-memory readings of a process and all its descendants (Linux /proc)."""
+"""The processes bench.gateway drives: the mock upstream, Interlock in either mode, LiteLLM
+proxy and the reference floors (bench/floors/), each started on a free port and stopped on
+the way out, plus CPU and memory readings of a process and all its descendants (Linux /proc)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import grpc
 import yaml
 
 from bench.harness import cpu_seconds, peak_rss_kib
@@ -27,6 +28,8 @@ from services.common.ports import free_port
 REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = REPO / ".venv-litellm"
 LITELLM_DIR = Path(__file__).resolve().parent / "litellm"
+# `interlock up --mode`: co-located (the router inside each edge worker) or microservices.
+INTERLOCK_MODES = ("colocated", "microservices")
 CHAT_BODY = {"messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 32}
 
 
@@ -102,7 +105,8 @@ def _http_ok(url: str, headers: dict[str, str] | None = None, body: bytes | None
 
 @dataclass
 class Target:
-    """A process (tree) serving an OpenAI-compatible API at base_url."""
+    """A process (tree) serving an OpenAI-compatible API at base_url, with the processes it
+    calls that are not its children (companions: the floor's gRPC hop), measured with it."""
 
     name: str
     base_url: str
@@ -111,9 +115,12 @@ class Target:
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    streams: bool = True  # the floors answer non-stream chat only
+    companions: list[Target] = field(default_factory=list)
 
     def pids(self) -> list[int]:
-        return tree_pids(self.process.pid) if self.process is not None else []
+        own = tree_pids(self.process.pid) if self.process is not None else []
+        return own + [pid for companion in self.companions for pid in companion.pids()]
 
     def chat_load(
         self, *, stream: bool, connections: int, seconds: float, warmup: float, rate: float = 0.0
@@ -132,11 +139,12 @@ class Target:
         )
 
     def log_text(self) -> str:
+        text = "".join(companion.log_text() for companion in self.companions)
         if self.log is None:
-            return ""
+            return text
         self.log.flush()
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        return text + self.log.read().decode(errors="replace")[-4000:]
 
     def wait_ready(self, health_path: str, timeout: float) -> None:
         """Poll health_path, then send one chat request, which must answer 200."""
@@ -165,6 +173,9 @@ class Target:
             self.log.close()
         if self.workdir is not None:
             self.workdir.cleanup()
+        # After this target: the edge stops before the hop it calls.
+        for companion in self.companions:
+            companion.stop()
 
 
 def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
@@ -207,8 +218,18 @@ def interlock_catalog(upstream_v1: str) -> dict[str, object]:
     }  # fmt: skip
 
 
-def start_interlock(upstream_v1: str) -> Target:
-    """`interlock up` with the bench catalog: all four services and the edge, embedded defaults."""
+def interlock_has_modes() -> bool:
+    """Whether `interlock up` takes --mode (older checkouts run microservices only, without it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "up", "--help"],
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    return "--mode" in done.stdout
+
+
+def start_interlock(upstream_v1: str, mode: str | None = None, workers: int | None = None) -> Target:
+    """`interlock up [--mode M] [--workers N]` with the bench catalog, embedded defaults; the
+    target is named after its mode (`interlock` without one). --workers applies to co-located."""
     workdir = tempfile.TemporaryDirectory(prefix="bench-interlock-")
     config = Path(workdir.name) / "catalog.yaml"
     config.write_text(yaml.safe_dump(interlock_catalog(upstream_v1)))
@@ -217,15 +238,39 @@ def start_interlock(upstream_v1: str) -> Target:
     env |= {"INTERLOCK_API_KEY": key, "INTERLOCK_LOG_LEVEL": "warning", "BENCH_UPSTREAM_KEY": "bench-upstream-key"}
     args = [sys.executable, "-m", "services.cli.main", "up", "--port", str(port)]
     args += ["--data-dir", str(Path(workdir.name) / "data"), "--config", str(config)]
-    process, log = _spawn(args, env | {"PYTHONPATH": str(REPO)}, "interlock")
-    target = Target("interlock", f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}, "bench-chat")
+    if mode is not None:
+        args += ["--mode", mode]
+    if mode == "colocated" and workers is not None:
+        args += ["--workers", str(workers)]
+    name = mode or "interlock"
+    process, log = _spawn(args, env | {"PYTHONPATH": str(REPO)}, name)
+    target = Target(name, f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}, "bench-chat")
     target.process, target.log, target.workdir = process, log, workdir
     try:
+        # The edge may answer before `interlock up` has every worker healthy: the stack is up
+        # when it has written stack.json, which also names every process.
+        _wait_for_file(target, interlock_stack_file(target), 60)
         target.wait_ready("/healthz", 60)
     except RuntimeError:
         target.stop()
         raise
     return target
+
+
+def interlock_stack_file(target: Target) -> Path:
+    """`<data-dir>/stack.json` of an Interlock target: addresses, mode and each process's pid by name."""
+    assert target.workdir is not None
+    return Path(target.workdir.name) / "data" / "stack.json"
+
+
+def _wait_for_file(target: Target, path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if target.process is not None and target.process.poll() is not None:
+            raise RuntimeError(f"{target.name} exited with {target.process.returncode}:\n{target.log_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target.name}: no {path.name} within {timeout:.0f}s:\n{target.log_text()}")
+        time.sleep(0.2)
 
 
 def install_litellm() -> None:
@@ -260,3 +305,54 @@ def start_litellm(upstream_v1: str, workers: int) -> Target:
         target.stop()
         raise
     return target
+
+
+FLOORS = ("floor-hop", "floor-nohop")
+
+
+def start_floor(upstream_v1: str, name: str) -> Target:
+    """A reference floor on the mock (bench/floors/): `floor-hop` is the edge and its gRPC hop,
+    two processes; `floor-nohop` the edge alone, calling the mock itself."""
+    if name not in FLOORS:
+        raise ValueError(f"no floor {name!r}; floors are {', '.join(FLOORS)}")
+    chat_url = upstream_v1 + "/chat/completions"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    companions: list[Target] = []
+    where = ["--upstream", chat_url]
+    if name == "floor-hop":
+        hop_address = f"127.0.0.1:{free_port()}"
+        hop_args = [sys.executable, "-m", "bench.floors.hop", "--port", hop_address.rsplit(":", 1)[1]]
+        process, log = _spawn([*hop_args, "--upstream", chat_url], env, "floor-hop-grpc")
+        hop = Target("floor-hop (gRPC side)", f"grpc://{hop_address}", {}, "", process, log)
+        companions, where = [hop], ["--hop", hop_address]
+        try:
+            _wait_grpc(hop, hop_address, 30)
+        except RuntimeError:
+            hop.stop()
+            raise
+    port = free_port()
+    process, log = _spawn([sys.executable, "-m", "bench.floors.edge", "--port", str(port), *where], env, name)
+    target = Target(name, f"http://127.0.0.1:{port}", {"Authorization": "Bearer bench"}, "bench-model", process, log,
+                    streams=False, companions=companions)  # fmt: skip
+    try:
+        target.wait_ready("/healthz", 30)
+    except RuntimeError:
+        target.stop()
+        raise
+    return target
+
+
+def _wait_grpc(target: Target, address: str, timeout: float) -> None:
+    """Until a channel to address connects (the hop has no health service: it is a floor)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        ready = grpc.channel_ready_future(channel)
+        while True:
+            try:
+                ready.result(timeout=0.5)
+                return
+            except grpc.FutureTimeoutError:
+                if target.process is not None and target.process.poll() is not None:
+                    raise RuntimeError(f"{target.name} exited:\n{target.log_text()}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{target.name} not listening within {timeout:.0f}s") from None

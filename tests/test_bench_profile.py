@@ -1,6 +1,6 @@
-"""Smoke test of the profile harness (bench/profile_gateway.py): it starts the stack, loads it,
-attaches py-spy to every Interlock process and attributes the samples. A test of the harness,
-never of speed."""
+"""Smoke test of the profile harness (bench/profile_gateway.py): it starts the stack in each mode,
+loads it, attaches py-spy to every Interlock process (named as in stack.json) and attributes the
+samples. A test of the harness, never of speed."""
 
 from __future__ import annotations
 
@@ -41,24 +41,33 @@ def test_a_table_without_rows_is_just_its_header() -> None:
     assert markdown_table(["n"], [[12345]]).splitlines()[2] == "| 12,345 |"
 
 
-def test_profile_runs_against_the_real_stack(tmp_path: Path) -> None:
+def test_profile_runs_against_the_real_stack_in_both_modes(tmp_path: Path) -> None:
     out = tmp_path / "profiles"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.profile_gateway", "--seconds", "3", "--connections", "8", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "bench.profile_gateway", "--modes", "colocated,microservices", "--workers", "2"]
+    argv += ["--seconds", "3", "--connections", "8", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     text = done.stdout
-    assert "| process" in text and "CPU ms / request" in text
-    for name in ("gateway", "router", "ratelimit", "usage"):
-        raw = out / f"{name}.raw"
-        assert raw.exists(), text
-        assert f"## {name}:" in text
-    # The two busiest processes were sampled while doing the work.
-    for name in ("gateway", "router"):
-        leaves, _ = parse_raw(out / f"{name}.raw")
-        assert sum(leaves.values()) > 20, name
+    colocated, microservices = text.split("# Interlock (microservices)")
+    assert colocated.startswith("# Interlock (colocated)")
+    # Named as in stack.json: two co-located edge workers with the router inside, or the router apart.
+    expected = {
+        "colocated": ("edge", "edge-1", "ratelimit", "usage"),
+        "microservices": ("edge", "router", "ratelimit", "usage"),
+    }
+    for (mode, names), section in zip(expected.items(), (colocated, microservices), strict=True):
+        assert "| process" in section and "CPU ms / request" in section
+        for name in names:
+            assert (out / mode / f"{name}.raw").exists(), section
+            assert f"## {name}:" in section
+
+    # The processes that serve chat were sampled while doing the work: the router and the edge,
+    # or the two edge workers together (the kernel may hand one of them most connections).
+    def samples(mode: str, name: str) -> int:
+        return sum(parse_raw(out / mode / f"{name}.raw")[0].values())
+
+    assert samples("microservices", "edge") > 20
+    assert samples("microservices", "router") > 20
+    assert samples("colocated", "edge") + samples("colocated", "edge-1") > 40
+    assert not (out / "microservices" / "edge-1.raw").exists()
+    assert not (out / "colocated" / "router.raw").exists()
