@@ -2,12 +2,16 @@
 buckets for this process, spent locally so most requests need no Check call.
 
 Accounting, per bucket (an Account), stays exact by one rule: every unit granted
-to this process is reported back as used, in full, at the next claim, except what
-is given back explicitly. So a renewal never returns the room still being spent
-(requests keep drawing on it while the call is in flight, and after it, until the
-old grant's local expiry); room that dies unspent, and refunds that can no longer
-go back into a live pool, are reported as negative use instead. What is reported
-is `pending`. The book does no I/O: gateway.leases drives it over gRPC.
+to this process counts as used (`pending`, what the next claim reports) from the
+moment it arrives, except what is given back explicitly. A claim that renews a
+live grant closes it: all of its room is given back in that claim except a small
+hold that requests keep drawing on while the call is in flight; the hold's
+leftover, room that dies unspent, and refunds that can no longer go back into a
+live pool are reported as negative use later. A grant still live here is live at
+the service too (it counts the lifetime from later), so giving room back in the
+claim is safe; a grant that expired here unclaimed stays reported in full, which
+is right whether or not the service has reclaimed it yet. The book does no I/O:
+gateway.leases drives it over gRPC.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ UNLEASABLE_RECHECK_SECONDS = 30.0
 FAILURE_BACKOFF_SECONDS = 1.0
 # Shapes and accounts unused this long are forgotten (client IPs come and go).
 FORGET_AFTER_SECONDS = 120.0
+# A renewed grant keeps this share of itself (at least two of the largest requests)
+# for the requests admitted while the renewal is in flight.
+HOLD_SHARE = 8
 
 BucketKey = tuple[str, str, int, int, int, int]
 ShapeKey = tuple[str, str]
@@ -57,6 +64,8 @@ class Pool:
 
     room: int
     expires: float
+    # A renewal claim has given back all but this pool's hold; dropped when it is answered.
+    closing: bool = False
 
 
 class Account:
@@ -121,6 +130,8 @@ class Account:
         return None
 
     def refund(self, pool: Pool, amount: int, now: float) -> None:
+        # Counted as demand that was not needed: grants are sized on net use.
+        self.demand = max(self.demand - amount, 0)
         if pool.expires > now and pool in self.pools:
             pool.room += amount
         else:
@@ -134,6 +145,23 @@ class Account:
                 if pool.expires <= now:
                     self.pending -= pool.room
             self.pools = [p for p in self.pools if p.expires > now]
+
+    def close_pools(self, now: float) -> int:
+        """For a renewal claim: give back the live pools' room but a hold; returns the units given back."""
+        back = 0
+        for pool in self.pools:
+            if not pool.closing and pool.expires > now:
+                hold = min(pool.room, max(2 * self.largest, self.grant // HOLD_SHARE))
+                back += pool.room - hold
+                pool.room = hold
+                pool.closing = True
+        return back
+
+    def drop_closed(self) -> None:
+        """The renewal was answered: what is left of the closed pools' holds is reported unused."""
+        if any(p.closing for p in self.pools):
+            self.pending -= sum(p.room for p in self.pools if p.closing)
+            self.pools = [p for p in self.pools if not p.closing]
 
     def due(self, now: float) -> bool:
         """Wants a new grant: none usable, or the newest past half its life or half its room."""
@@ -213,6 +241,11 @@ class LeaseBook:
         accounts = shape.accounts
         if accounts is None:
             return None
+        for account in accounts:
+            if not account.leasable:
+                # Checked per request for good (a bucket too small to split): no demand is
+                # counted, so the shape's other buckets are not leased for it either.
+                return None
         found = []
         ok = True
         for account in accounts:
@@ -221,7 +254,7 @@ class LeaseBook:
             account.demand += amount
             account.last_demand = now
             account.largest = max(account.largest, amount)
-            pool = account.pool_for(amount, now) if ok and account.leasable else None
+            pool = account.pool_for(amount, now) if ok else None
             if pool is None:
                 ok = False
             else:
@@ -300,7 +333,7 @@ class LeaseBook:
             if now < account.not_before:
                 continue
             if account.due(now):
-                out.append(Claim(account, account.pending, account.want(now)))
+                out.append(Claim(account, account.pending - account.close_pools(now), account.want(now)))
                 account.pending = 0
                 account.demand, account.demand_since = 0, now
                 account.in_flight = True
@@ -325,6 +358,7 @@ class LeaseBook:
     def granted(self, claim: Claim, lease: rpb.BucketLease, ttl: float, sent_at: float, now: float) -> None:
         account = claim.account
         account.in_flight = False
+        account.drop_closed()
         if lease.state.name:
             account.remaining = lease.state.remaining
             account.reset_at = lease.state.reset_at
@@ -345,6 +379,7 @@ class LeaseBook:
         for claim in claims:
             claim.account.in_flight = False
             claim.account.pending += max(claim.used, 0)
+            claim.account.drop_closed()
             claim.account.not_before = now + FAILURE_BACKOFF_SECONDS
 
     def forget_idle(self, now: float) -> None:

@@ -59,6 +59,17 @@ BY_MODEL = Counter(
     "HTTP responses of requests the router counted under a catalog model.",
     ["route", "model", "status"],
 )
+ADMISSIONS = Counter(
+    "interlock_edge_admissions_total",
+    "Rate-limit decisions at the edge: path lease (admitted from this process's quota leases, no call) "
+    "or check (one Check call to ratelimit), outcome admitted, refused or unavailable.",
+    ["path", "outcome"],
+)
+# Bound once: they are counted on every request.
+ADMITTED_FROM_LEASE = ADMISSIONS.labels("lease", "admitted")
+ADMITTED_BY_CHECK = ADMISSIONS.labels("check", "admitted")
+REFUSED_BY_CHECK = ADMISSIONS.labels("check", "refused")
+CHECK_UNAVAILABLE = ADMISSIONS.labels("check", "unavailable")
 _requests = LabelCache(REQUESTS)
 _request_seconds = LabelCache(REQUEST_SECONDS)
 _ttft_seconds = LabelCache(TTFT_SECONDS)

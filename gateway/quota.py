@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from gateway import metrics
 from gateway.estimate import Estimate
 from gateway.lease_book import Headroom, LeaseBook, Shape, Take
 from gateway.leases import LeaseRenewer, new_holder
@@ -177,6 +178,7 @@ class QuotaClient:
             if self._book.wanted:
                 self._book.wanted = False
                 self._renewer.wake()
+            metrics.ADMITTED_FROM_LEASE.inc()
             return Admission(self._local_headers(self._book.headroom(shape, now)), Reservation(None, take))
         if shape.accounts:
             # Asked for more than the leases hold: renew now rather than at the next tick.
@@ -190,15 +192,19 @@ class QuotaClient:
         try:
             decision: rpb.CheckResponse = await self._stub.Check(check, timeout=CHECK_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
+            metrics.CHECK_UNAVAILABLE.inc()
             if self._fail_open:
                 log.warning("ratelimit unreachable (%s); admitting (fail open)", exc.code().name)
                 return Admission([])
             return Admission([], refusal=_unavailable())
         if decision.degraded and not decision.allowed:
+            metrics.CHECK_UNAVAILABLE.inc()
             return Admission([], refusal=_unavailable())
         headers = self.headers(decision)
         if not decision.allowed:
+            metrics.REFUSED_BY_CHECK.inc()
             return Admission(headers, refusal=_refusal(decision))
+        (metrics.CHECK_UNAVAILABLE if decision.degraded else metrics.ADMITTED_BY_CHECK).inc()
         settle = not decision.degraded and (shape.needs_tokens or shape.needs_usd)
         return Admission(headers, Reservation(check) if settle else None)
 
