@@ -70,8 +70,10 @@ def judge() -> Iterator[FakeJudge]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, judge: FakeJudge) -> Iterator[Stack]:
+    # One worker: live quality scores are kept by each router process (as router replicas keep
+    # theirs), and the profile test follows one router's.
     with stack_on_catalog(
-        tmp_path_factory.mktemp("evaluation"), _catalog(judge), {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}
+        tmp_path_factory.mktemp("evaluation"), _catalog(judge), {"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}, workers=1
     ) as running:
         yield running
 
