@@ -35,6 +35,8 @@ DEMAND_LIFETIMES = 2.0
 # The first grant is sized before any rate is known: wanted is at least this share of the
 # bucket (the service still splits what is left among the holders).
 MIN_WANT_SHARE = 64
+# ... and at most this share of it.
+MAX_WANT_SHARE = 4
 # Demand is measured over at least this long, so one early request does not read as a flood.
 DEMAND_MIN_WINDOW_SECONDS = 0.1
 # After a grant of 0 (nothing left to lease), ask again no sooner than this.
@@ -173,7 +175,11 @@ class Account:
     def want(self, now: float) -> int:
         window = max(now - self.demand_since, DEMAND_MIN_WINDOW_SECONDS)
         wanted = math.ceil(self.demand / window * self.ttl * DEMAND_LIFETIMES)
-        return max(min(wanted, self.limit), min(self.largest, self.limit), self.limit // MIN_WANT_SHARE, 1)
+        # Never most of a bucket: an early burst (or a shape later found to be checked per
+        # request) must not leave the other edges' checks with nothing.
+        return max(
+            min(wanted, self.limit // MAX_WANT_SHARE), min(self.largest, self.limit), self.limit // MIN_WANT_SHARE, 1
+        )
 
 
 @dataclass(slots=True)
