@@ -211,43 +211,18 @@ class QuotaClient:
     def _local_headers(self, room: Headroom) -> Headers:
         """The same headers a Check answer gives, from the bucket states last heard of
         plus this process's own room (others' leases are not known here)."""
-        out: Headers = []
-        if room.requests is not None:
-            _, limit, left, reset_at = room.requests
-            out += [
-                (b"x-ratelimit-limit", b"%d" % limit),
-                (b"x-ratelimit-remaining", b"%d" % left),
-                (b"x-ratelimit-reset", b"%d" % reset_at),
-            ]
-        now = self._clock.now()
-        for state, unit in ((room.requests, b"requests"), (room.tokens, b"tokens")):
-            if state is not None:
-                _, limit, left, reset_at = state
-                out += [
-                    (b"x-ratelimit-limit-" + unit, b"%d" % limit),
-                    (b"x-ratelimit-remaining-" + unit, b"%d" % left),
-                    (b"x-ratelimit-reset-" + unit, duration(max(reset_at - now, 0)).encode()),
-                ]
-        return out
+        requests = room.requests[1:] if room.requests is not None else None
+        tokens = room.tokens[1:] if room.tokens is not None else None
+        return rate_limit_headers(requests, requests, tokens, self._clock.now())
 
     def headers(self, decision: rpb.CheckResponse) -> Headers:
-        now = self._clock.now()
-        out: Headers = []
-        if decision.quota and decision.limit:
-            out += [
-                (b"x-ratelimit-limit", b"%d" % decision.limit),
-                (b"x-ratelimit-remaining", b"%d" % decision.remaining),
-                (b"x-ratelimit-reset", b"%d" % decision.reset_at),
-            ]
-        # OpenAI's own names, resets as durations ("1s", "6m0s").
-        for state, unit in ((decision.requests, b"requests"), (decision.tokens, b"tokens")):
-            if state.name:
-                out += [
-                    (b"x-ratelimit-limit-" + unit, b"%d" % state.limit),
-                    (b"x-ratelimit-remaining-" + unit, b"%d" % state.remaining),
-                    (b"x-ratelimit-reset-" + unit, duration(max(state.reset_at - now, 0)).encode()),
-                ]
-        return out
+        def state(s: rpb.QuotaState) -> Account | None:
+            return (s.limit, s.remaining, s.reset_at) if s.name else None
+
+        tightest = (
+            (decision.limit, decision.remaining, decision.reset_at) if decision.quota and decision.limit else None
+        )
+        return rate_limit_headers(tightest, state(decision.requests), state(decision.tokens), self._clock.now())
 
     def settle(self, reservation: Reservation | None, usage: pb.Usage | None) -> None:
         """Settle in the background with what the request used (nothing, when it failed)."""
@@ -281,6 +256,34 @@ class QuotaClient:
         await self._renewer.close()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+# (limit, remaining, reset at in unix seconds) of one bucket.
+Account = tuple[int, int, int]
+
+
+def rate_limit_headers(
+    tightest: Account | None, requests: Account | None, tokens: Account | None, now: float
+) -> Headers:
+    """X-RateLimit-Limit/Remaining/Reset for the tightest quota, then OpenAI's own names per
+    unit, resets as durations ("1s", "6m0s"): one shape whether a lease or a Check admitted."""
+    out: Headers = []
+    if tightest is not None:
+        limit, left, reset_at = tightest
+        out += [
+            (b"x-ratelimit-limit", b"%d" % limit),
+            (b"x-ratelimit-remaining", b"%d" % left),
+            (b"x-ratelimit-reset", b"%d" % reset_at),
+        ]
+    for account, unit in ((requests, b"requests"), (tokens, b"tokens")):
+        if account is not None:
+            limit, left, reset_at = account
+            out += [
+                (b"x-ratelimit-limit-" + unit, b"%d" % limit),
+                (b"x-ratelimit-remaining-" + unit, b"%d" % left),
+                (b"x-ratelimit-reset-" + unit, duration(max(reset_at - now, 0)).encode()),
+            ]
+    return out
 
 
 def _unavailable() -> UpstreamError:

@@ -302,3 +302,89 @@ async def _the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx(cli
 
 def test_the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx(run: Callable[[Case], None]) -> None:
     run(_the_raw_post_keeps_alive_retries_stale_decodes_and_fails_as_httpx)
+
+
+async def _the_raw_stream_splits_lines_as_they_arrive_and_reuses_only_a_finished_one(
+    client: httpx.AsyncClient,
+) -> None:
+    """PooledTransport.stream, the streaming path open_stream takes: lines (LF, CRLF, a lone CR,
+    a CRLF cut between two chunks, a multi-byte character cut likewise) handed over as they
+    arrive, gzip undone, timeouts and cuts as httpx's errors, and the connection reused only
+    when its answer was read to the end."""
+    pooled = ProviderClient(transport=PooledTransport())
+    assert pooled.pooled is not None
+    headers = {**pooled.default_headers, "accept-encoding": "identity"}
+    release = asyncio.Event()
+    pieces = [b"data: 1\n\n", b"data: 2\r", b"\n\r\nevent: x\rdata: \xc3", b"\xa9t\xc3\xa9\r\n", b"tail"]
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+        writer.write(chunk(pieces[0]))
+        await writer.drain()
+        await release.wait()
+        writer.write(b"".join(chunk(p) for p in pieces[1:]) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        body = gzip.compress(b"data: a\n\ndata: b\n\n")
+        writer.write(ok(body, b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+        return True
+
+    async def refused(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b'HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 6\r\n\r\n{"e":1')
+        await writer.drain()
+        return True
+
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"data: 1\n"))
+        await writer.drain()
+        await asyncio.sleep(5)
+        return False
+
+    try:
+        async with Server(sse) as server:
+            stream = await pooled.pooled.stream(server.url, headers, b"{}", 2.0)
+            assert stream.status == 200 and stream.header(b"content-type") == "text/event-stream"
+            lines = stream.aiter_lines()
+            assert [await anext(lines), await anext(lines)] == ["data: 1", ""]  # before the rest is sent
+            release.set()
+            assert [line async for line in lines] == ["data: 2", "", "event: x", "data: été", "tail"]
+            await stream.aclose()
+            assert server.requests[0].startswith(b"POST /v1/x?q=1 HTTP/1.1\r\n")
+            release.clear()
+            # Read to its end: the connection is reused. Left mid-answer: it is not.
+            stream = await pooled.pooled.stream(server.url, headers, b"{}", 2.0)
+            assert await anext(stream.aiter_lines()) == "data: 1"
+            await stream.aclose()
+            assert server.connections == 1
+            release.set()
+            await (await pooled.pooled.stream(server.url, headers, b"{}", 2.0)).aclose()
+            assert server.connections == 2
+        async with Server(gzipped) as server:
+            stream = await pooled.pooled.stream(server.url, headers, b"{}", 2.0)
+            assert [line async for line in stream.aiter_lines()] == ["data: a", "", "data: b", ""]
+            await stream.aclose()
+        async with Server(refused) as server:
+            stream = await pooled.pooled.stream(server.url, headers, b"{}", 2.0)
+            assert (stream.status, stream.header(b"retry-after"), await stream.aread()) == (429, "3", b'{"e":1')
+            await stream.aclose()
+        async with Server(stalls) as server:
+            stream = await pooled.pooled.stream(server.url, headers, b"{}", 0.2)
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "data: 1"
+            with pytest.raises(httpx.ReadTimeout):
+                await anext(lines)
+            await stream.aclose()
+    finally:
+        await pooled.aclose()
+
+
+def test_the_raw_stream_splits_lines_as_they_arrive_and_reuses_only_a_finished_one(
+    run: Callable[[Case], None],
+) -> None:
+    run(_the_raw_stream_splits_lines_as_they_arrive_and_reuses_only_a_finished_one)

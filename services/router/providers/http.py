@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -116,6 +116,17 @@ def _decoded_json(content: bytes, target: Target) -> Any:
         raise _invalid_json(target.provider.id) from exc
 
 
+class Lines(Protocol):
+    """A streamed answer as open_stream hands it to the block: httpx's Response, or the
+    pooled transport's RawStream, which reads the same lines with less in between."""
+
+    def aiter_lines(self) -> AsyncIterator[str]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 @contextlib.asynccontextmanager
 async def open_stream(
     client: httpx.AsyncClient,
@@ -126,26 +137,36 @@ async def open_stream(
     *,
     on_error: ErrorMapper,
     params: Mapping[str, str] | None = None,
-) -> AsyncIterator[httpx.Response]:
+) -> AsyncIterator[Lines]:
     """A streaming POST of `body` as JSON whose answer is a success, for the block to read.
 
     A context manager rather than an iterator so that what the block does while reading gets the
     same treatment as the transport: a lost connection becomes an upstream stream error, JSON it
     fails to decode a bad response, and the response is closed however the block ends.
     """
-    request = client.build_request(
-        "POST", url, params=params, content=orjson.dumps(body), headers=headers,
-        timeout=httpx.Timeout(target.provider.timeout_seconds or 60.0),
-    )  # fmt: skip
+    response: Lines
     try:
-        response = await client.send(request, stream=True)
+        if isinstance(client, ProviderClient) and client.pooled is not None:
+            if params:
+                url = str(httpx.URL(url, params=params))
+            # Straight on the pooled connections, uncompressed: a stream's chunks are small and
+            # each one is on the way to a client waiting for it.
+            sent = {**client.default_headers, **{k.lower(): v for k, v in headers.items()}}
+            sent["accept-encoding"] = "identity"
+            raw = await client.pooled.stream(url, sent, orjson.dumps(body), target.provider.timeout_seconds or 60.0)
+            status, retry_after, response = raw.status, raw.header(b"retry-after"), raw
+        else:
+            request = client.build_request(
+                "POST", url, params=params, content=orjson.dumps(body), headers=headers,
+                timeout=httpx.Timeout(target.provider.timeout_seconds or 60.0),
+            )  # fmt: skip
+            sent_httpx = await client.send(request, stream=True)
+            status, retry_after, response = sent_httpx.status_code, sent_httpx.headers.get("retry-after"), sent_httpx
     except httpx.HTTPError as exc:
         raise transport_error(exc, target.provider.id) from exc
     try:
-        if response.status_code >= 400:
-            raise on_error(
-                response.status_code, await response.aread(), target.provider.id, response.headers.get("retry-after")
-            )
+        if status >= 400:
+            raise on_error(status, await response.aread(), target.provider.id, retry_after)
         yield response
     except httpx.HTTPError as exc:
         raise UpstreamError(
@@ -158,7 +179,7 @@ async def open_stream(
         await response.aclose()
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def sse_data(response: Lines) -> AsyncIterator[str]:
     """The payload of each server-sent `data:` line, as soon as the line arrives."""
     async for line in response.aiter_lines():
         if line.startswith("data:"):  # the rest is comments, event names, blank separators, keep-alives

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import time
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NamedTuple, cast
 
 import httptools
@@ -167,17 +169,23 @@ class Connection(asyncio.Protocol):
             raise self._error
         if self.closed and not self._complete:
             raise httpx.ReadError("the provider connection is closed")
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        # A timer handle rather than asyncio.timeout: this runs once per chunk of every stream.
+        timer = loop.call_later(read_seconds, self._time_out, waiter) if read_seconds is not None else None
         try:
-            async with asyncio.timeout(read_seconds):
-                await self._waiter
-        except TimeoutError:
-            self.close()
-            raise httpx.ReadTimeout("the provider did not answer in time") from None
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
         if self._error is not None:
             raise self._error
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(httpx.ReadTimeout("the provider did not answer in time"))
+            self.close()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -265,6 +273,20 @@ class PooledTransport(httpx.AsyncBaseTransport):
             content = _decoded(status, head, content)
         return RawResponse(status, head, content)
 
+    async def stream(self, url: str, headers: Mapping[str, str], body: bytes, seconds: float) -> RawStream:
+        """POST and return once the answer's head is in; its body is read from the RawStream
+        as it arrives (each read within `seconds`), without httpx's request, response and
+        line decoder in the way of every chunk. The caller closes it."""
+        target = _target(url)
+        lines = _header_lines(headers)
+        data = b"".join((target.head, *lines, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        connection, status, head = await self._exchange(target.key, data, seconds, seconds)
+        try:
+            return RawStream(connection, self, target.key, seconds, status=status, headers=head)
+        except BaseException:
+            connection.close()
+            raise
+
     async def _exchange(
         self, key: OriginKey, data: bytes, connect_seconds: float | None, read_seconds: float | None
     ) -> tuple[Connection, int, list[tuple[bytes, bytes]]]:
@@ -338,6 +360,84 @@ def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class RawStream:
+    """A streamed answer on its connection: status, raw headers, and the body by lines
+    (as httpx's aiter_lines splits them: LF, CRLF or a lone CR). The connection goes back
+    to the pool when closed after the body was read to its end, and is closed otherwise."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        pool: PooledTransport,
+        key: OriginKey,
+        seconds: float,
+        *,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self._connection = connection
+        self._pool = pool
+        self._key = key
+        self._seconds = seconds
+        self.status = status
+        self.headers = headers
+        self._closed = False
+        encoding = (_header(headers, b"content-encoding") or "identity").lower()
+        self._decompress: Callable[[bytes], bytes] | None = None
+        if encoding in ("gzip", "x-gzip"):
+            self._decompress = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress
+        elif encoding == "deflate":
+            self._decompress = zlib.decompressobj().decompress
+        elif encoding != "identity":
+            # Streams ask for identity; a provider that sends br or zstd anyway is not readable here.
+            raise httpx.DecodingError(f"the provider streamed with an unsupported content-encoding: {encoding}")
+
+    def header(self, name: bytes) -> str | None:
+        return _header(self.headers, name)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await self._connection.read_chunk(self._seconds):
+                yield self._decompress(chunk) if self._decompress is not None else chunk
+        except _Stale:
+            raise httpx.RemoteProtocolError("the provider closed the connection mid-response") from None
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self._chunks()])
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        pending = b""
+        async for chunk in self._chunks():
+            data = pending + chunk if pending else chunk
+            if b"\r" not in data:
+                lines = data.split(b"\n")
+                pending = lines.pop()
+            else:
+                # A CR at the end may be the first half of a CRLF: hold it back for the next chunk.
+                held = data.endswith(b"\r")
+                lines = _LINE_BREAK.split(data[:-1] if held else data)
+                pending = lines.pop() + (b"\r" if held else b"")
+            for line in lines:
+                yield line.decode("utf-8", "replace")
+        if pending:
+            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.release(self._key, self._connection)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 class RawResponse(NamedTuple):
     """A whole answer to PooledTransport.post: status, raw headers, decoded body."""
 
@@ -346,10 +446,7 @@ class RawResponse(NamedTuple):
     content: bytes
 
     def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value.decode("latin-1")
-        return None
+        return _header(self.headers, name)
 
 
 class _Target(NamedTuple):
