@@ -131,6 +131,8 @@ class Profile:
     cpu: dict[int, float]
     result: dict[str, Any]
     out: Path
+    # pid → (PSS, anonymous PSS) in MiB at the end of the run, `interlock up` itself included.
+    memory: dict[int, tuple[float, float]]
 
 
 def profile(target: Target, mode: str, args: argparse.Namespace, out: Path) -> Profile:
@@ -159,7 +161,23 @@ def profile(target: Target, mode: str, args: argparse.Namespace, out: Path) -> P
         spy.wait()
     cpu = {pid: tree_cpu_seconds([pid]) - cpu0[pid] for pid in names}
     stdout, _ = load.communicate()
-    return Profile(mode, names, cpu, json.loads(stdout.strip().splitlines()[-1])["result"], out)
+    assert target.process is not None
+    memory = {pid: pss_mib(pid) for pid in [target.process.pid, *names]}
+    return Profile(mode, names, cpu, json.loads(stdout.strip().splitlines()[-1])["result"], out, memory)
+
+
+def pss_mib(pid: int) -> tuple[float, float]:
+    """A process's proportional set size and the anonymous part of it (heaps: not shared
+    code), in MiB; zeros for a process that is gone."""
+    fields: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("Pss", "Pss_Anon"):
+                fields[name] = int(rest.split()[0])
+    except OSError:
+        return 0.0, 0.0
+    return fields.get("Pss", 0) / 1024, fields.get("Pss_Anon", 0) / 1024
 
 
 def print_profile(run: Profile, args: argparse.Namespace) -> None:
@@ -168,9 +186,25 @@ def print_profile(run: Profile, args: argparse.Namespace) -> None:
     print(f"# Interlock ({run.mode}) under {'stream' if args.stream else 'chat'} at {args.connections} connections")
     print(f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms; raw profiles in {out}\n")
     by_cpu = sorted(names.items(), key=lambda item: -cpu[item[0]])
-    rows = [[name, f"{1000 * cpu[pid] / requests:.2f}", f"{100 * cpu[pid] / args.seconds:.0f}"] for pid, name in by_cpu]
-    rows.append(["all", f"{1000 * sum(cpu.values()) / requests:.2f}", f"{100 * sum(cpu.values()) / args.seconds:.0f}"])
-    print(markdown_table(["process", "CPU ms / request", "CPU % (1 core = 100)"], rows))
+    memory = run.memory
+
+    def mib(pid: int) -> list[str]:
+        pss, anon = memory.get(pid, (0.0, 0.0))
+        return [f"{pss:.1f}", f"{anon:.1f}"]
+
+    rows = [
+        [name, f"{1000 * cpu[pid] / requests:.2f}", f"{100 * cpu[pid] / args.seconds:.0f}", *mib(pid)]
+        for pid, name in by_cpu
+    ]
+    supervisors = [pid for pid in memory if pid not in names]
+    rows += [["interlock up", "–", "–", *mib(pid)] for pid in supervisors]
+    total_pss = sum(pss for pss, _ in memory.values())
+    total_anon = sum(anon for _, anon in memory.values())
+    all_cpu = sum(cpu.values())
+    rows.append(["all", f"{1000 * all_cpu / requests:.2f}", f"{100 * all_cpu / args.seconds:.0f}",
+                 f"{total_pss:.1f}", f"{total_anon:.1f}"])  # fmt: skip
+    headers = ["process", "CPU ms / request", "CPU % (1 core = 100)", "PSS MB", "of it anonymous MB"]
+    print(markdown_table(headers, rows))
     for _pid, name in by_cpu:
         raw = out / f"{name}.raw"
         if not raw.exists():

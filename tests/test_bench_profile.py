@@ -41,6 +41,12 @@ def test_a_table_without_rows_is_just_its_header() -> None:
     assert markdown_table(["n"], [[12345]]).splitlines()[2] == "| 12,345 |"
 
 
+def process_rows(section: str) -> list[list[str]]:
+    """The cells of each body row of a mode's process table (the block that starts `| process`)."""
+    block = next(b for b in section.split("\n\n") if b.startswith("| process"))
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+
 def test_profile_runs_against_the_real_stack_in_both_modes(tmp_path: Path) -> None:
     out = tmp_path / "profiles"
     argv = [sys.executable, "-m", "bench.profile_gateway", "--modes", "colocated,microservices", "--workers", "2"]
@@ -56,7 +62,11 @@ def test_profile_runs_against_the_real_stack_in_both_modes(tmp_path: Path) -> No
         "microservices": ("edge", "router", "ratelimit", "usage"),
     }
     for (mode, names), section in zip(expected.items(), (colocated, microservices), strict=True):
-        assert "| process" in section and "CPU ms / request" in section
+        assert "| process" in section and "CPU ms / request" in section and "PSS MB" in section
+        # Every process's memory, the supervisor's too, and a total that is their sum.
+        pss = {row[0]: float(row[3]) for row in process_rows(section)}
+        assert pss["interlock up"] > 5 and all(value > 5 for value in pss.values()), pss
+        assert abs(pss["all"] - sum(v for k, v in pss.items() if k != "all")) < 0.5, pss
         for name in names:
             assert (out / mode / f"{name}.raw").exists(), section
             assert f"## {name}:" in section

@@ -9,16 +9,15 @@ message_stop. A failure after the first byte ends it with an `error` event.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 import orjson
-from starlette.responses import StreamingResponse
 
 from gateway.anthropic.response import JSON, stop_reason, tool_use_id, usage_to_json
-from gateway.sse import SSE_HEADERS
+from gateway.sse import EventStreamResponse, closed
 from interlock.router.v1 import router_pb2 as pb
 from services.common.anthropic_errors import error_body
 from services.common.errors import from_rpc_error
@@ -145,11 +144,11 @@ def relay_events(
     request_id: str,
     headers: Mapping[str, str],
     on_close: Callable[[], None],
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Stream each message's events as soon as it arrives (one write per message), then the
     closing ones; a failure after the first byte ends the stream with an `error` event."""
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield b"".join(map(frame, render(first)))
             async for message in rest:
@@ -161,9 +160,5 @@ def relay_events(
             error = from_rpc_error(exc)
             log.warning("stream %s failed after its first byte: %s", request_id, error.message)
             yield frame(("error", error_body(error, request_id)))
-        finally:
-            # The client left (or we are done): stop the router and, through it, the provider.
-            call.cancel()
-            on_close()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return EventStreamResponse(body(), headers=headers, on_close=lambda: closed(call, on_close))

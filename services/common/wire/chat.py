@@ -433,25 +433,29 @@ def chunk_from_json(body: dict[str, Any]) -> pb.ChatChunk:
     )
     for i, choice in enumerate(body.get("choices") or ()):
         delta = choice.get("delta") or {}
-        message = pb.Message()
-        if delta.get("role") in ROLE_FROM_WIRE:
-            message.role = ROLE_FROM_WIRE[delta["role"]]
-        if isinstance(delta.get("content"), str):
-            message.content = delta["content"]
-        if isinstance(delta.get("refusal"), str):
-            message.refusal = delta["refusal"]
-        message.tool_calls.extend(_upstream_tool_calls(delta.get("tool_calls")))
         reason = choice.get("finish_reason")
-        chunk.choices.append(
-            pb.ChunkChoice(
-                index=int(choice.get("index", i)),
-                delta=message,
-                finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP)
-                if reason
-                else pb.FINISH_REASON_UNSPECIFIED,
-                logprobs_json=f.json_or_empty(choice.get("logprobs")),
-            )
+        # Filled in place (this runs for every streamed token): no message built apart and copied in.
+        added = chunk.choices.add(
+            index=int(choice.get("index", i)),
+            finish_reason=FINISH_FROM_WIRE.get(reason, pb.FINISH_REASON_STOP)
+            if reason
+            else pb.FINISH_REASON_UNSPECIFIED,
         )
+        logprobs = choice.get("logprobs")
+        if logprobs is not None:
+            added.logprobs_json = f.json_or_empty(logprobs)
+        message = added.delta
+        role = delta.get("role")
+        if role in ROLE_FROM_WIRE:
+            message.role = ROLE_FROM_WIRE[role]
+        content = delta.get("content")
+        if isinstance(content, str):
+            message.content = content
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str):
+            message.refusal = refusal
+        if delta.get("tool_calls"):
+            message.tool_calls.extend(_upstream_tool_calls(delta["tool_calls"]))
     if body.get("usage"):
         chunk.usage.CopyFrom(usage_from_json(body["usage"]))
     return chunk
